@@ -1,0 +1,33 @@
+"""visionfm: vision foundation models (CLIP/SigLIP, DINOv2, SAM, DiT) behind one feature interface.
+
+>>> import visionfm as vfm
+>>> sorted({m.family for m in vfm.list_models()})
+['clip', 'dinov2', 'dit', 'sam']
+"""
+
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from .foundation.encoder import Encoder  # noqa: E402
+from .foundation.features import EncoderInfo, Features  # noqa: E402
+from .foundation.loading import load_encoder  # noqa: E402
+from .foundation.preprocess import PreprocessConfig  # noqa: E402
+from .foundation.registry import ModelSpec, list_models, register_family, register_model  # noqa: E402
+
+__all__ = [
+    "Encoder",
+    "EncoderInfo",
+    "Features",
+    "ModelSpec",
+    "PreprocessConfig",
+    "__version__",
+    "list_models",
+    "load_encoder",
+    "register_family",
+    "register_model",
+]

@@ -1,0 +1,195 @@
+"""The ``Encoder`` base class: preprocessing, batched encoding and layer taps for every family."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .features import EncoderInfo, Features
+from .preprocess import PreprocessConfig, preprocess_uint8
+
+logger = logging.getLogger(__name__)
+
+
+class Encoder(nn.Module):
+    """An image encoder behind the :class:`Features` contract.
+
+    Subclasses implement :meth:`forward` (pixels to ``Features``, differentiable) and, for
+    text-capable families, :meth:`encode_text`. Everything else — input decoding, batching,
+    progress, inference mode — lives here once.
+
+    ``forward`` is never wrapped in ``no_grad``; :meth:`encode` runs under ``torch.inference_mode``.
+    """
+
+    def __init__(self, info: EncoderInfo, preprocess_config: PreprocessConfig) -> None:
+        super().__init__()
+        self._info = info
+        self.preprocess_config = preprocess_config
+
+    @property
+    def info(self) -> EncoderInfo:
+        """Static facts: family, backend, dims, patch and image size, normalisation, text support."""
+        return self._info
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's parameters."""
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the encoder's parameters."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    def __repr__(self) -> str:
+        i = self._info
+        return f"{type(self).__name__}(name={i.name!r}, backend={i.backend!r}, embed_dim={i.embed_dim}, width={i.width})"
+
+    # -- preprocessing -------------------------------------------------------------------------
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Decode and preprocess images into the model's input batch.
+
+        Args:
+            images: one image or a batch: PIL image, HWC uint8 ndarray, CHW uint8/float tensor, a
+                file path, or a list / 4-D array of them.
+
+        Returns:
+            ``[B, 3, H, W]`` normalised pixels on the encoder's device, in its dtype.
+        """
+        return self.preprocess_with_sizes(images)[0]
+
+    def preprocess_with_sizes(self, images: Any) -> tuple[torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        """Like :meth:`preprocess`, also returning per-image original ``(H, W)`` and resized ``(h, w)``."""
+        from ..data.images import load_images
+
+        tensors = load_images(images)
+        original = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        pixels, resized = preprocess_uint8(tensors, self.preprocess_config, device=self.device)
+        return pixels.to(self.dtype), original, resized
+
+    # -- encoding --------------------------------------------------------------------------------
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        """Encode preprocessed pixels.
+
+        Args:
+            pixel_values: ``[B, 3, H, W]`` as returned by :meth:`preprocess`.
+            layers: block indices to tap (negative counts from the end); see ``Features.layers``.
+
+        Returns:
+            ``Features`` for the batch (differentiable; no inference mode here).
+        """
+        raise NotImplementedError
+
+    def encode(
+        self,
+        images: Any,
+        *,
+        batch_size: int = 32,
+        layers: Sequence[int] | None = None,
+        progress: bool | None = None,
+        output_device: torch.device | str | None = None,
+    ) -> Features:
+        """Encode images in batches under ``torch.inference_mode``.
+
+        Args:
+            images: one image or a batch (see :meth:`preprocess`); a path list is decoded a batch at
+                a time, so long lists do not sit in memory as pixels.
+            batch_size: images per forward pass.
+            layers: block indices to tap into ``Features.layers``.
+            progress: show a tqdm bar; default: only when there is more than one batch.
+            output_device: where to gather results (default: the encoder's device). Use ``"cpu"``
+                for large inputs on a GPU.
+
+        Returns:
+            ``Features`` with one row per input image, in input order.
+        """
+        from ..data.images import as_image_list
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = as_image_list(images)
+        if not items:
+            raise ValueError("encode() got no images")
+        n_batches = math.ceil(len(items) / batch_size)
+        show = n_batches > 1 if progress is None else progress
+        parts: list[Features] = []
+        with torch.inference_mode(), tqdm(total=len(items), desc=f"encode {self._info.name}", unit="img", disable=not show) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                feats = self(self.preprocess(chunk), layers=layers)
+                if output_device is not None:
+                    feats = feats.to(output_device)
+                parts.append(feats)
+                bar.update(len(chunk))
+        return Features.cat(parts)
+
+    def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        """Embed texts into the image-text space.
+
+        Args:
+            texts: one string or a list of strings.
+            batch_size: texts per forward pass.
+
+        Returns:
+            ``[N, D]`` text embeddings (not normalised), ``D = info.embed_dim``.
+        """
+        raise TypeError(f"{self._info.family} encoder {self._info.name!r} has no text tower (info.has_text is False)")
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def _layer_indices(self, layers: Sequence[int] | None) -> list[int]:
+        """Normalise requested block indices to sorted unique non-negative ints, with a clear error."""
+        if not layers:
+            return []
+        n = self._info.num_layers
+        out = []
+        for i in layers:
+            j = int(i) + n if int(i) < 0 else int(i)
+            if not 0 <= j < n:
+                raise ValueError(f"layer {i} is out of range for {self._info.name!r}, which has {n} blocks (0..{n - 1})")
+            out.append(j)
+        return sorted(set(out))
+
+
+@contextlib.contextmanager
+def tap_blocks(blocks: Sequence[nn.Module], indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Capture the outputs of ``blocks[i]`` for ``i in indices`` during a forward pass.
+
+    Yields a dict filled as the forward runs: ``{i: output}`` (the first element when a block
+    returns a tuple). Hooks are removed on exit, also on error.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(i: int):
+        def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
+            captured[i] = out[0] if isinstance(out, (tuple, list)) else out
+
+        return hook
+
+    try:
+        for i in indices:
+            handles.append(blocks[i].register_forward_hook(make_hook(i)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
+    """``[B, prefix + h*w, C]`` token sequence to a ``[B, h, w, C]`` patch grid (prefix tokens dropped)."""
+    b, n, c = tokens.shape
+    h, w = grid
+    if n - prefix != h * w:
+        raise ValueError(f"cannot reshape {n} tokens (prefix {prefix}) into a {h}x{w} grid")
+    return tokens[:, prefix:].reshape(b, h, w, c)

@@ -1,0 +1,3 @@
+"""Imports every built-in family module once, which registers the families and their aliases."""
+
+from . import clip, dinov2, dit, sam  # noqa: F401

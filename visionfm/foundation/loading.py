@@ -1,0 +1,347 @@
+"""``load_encoder``: the one place encoders are built.
+
+A name resolves, in order, as: an existing local directory; a registered alias
+(``visionfm models``); an open_clip tag ``"ARCH/PRETRAINED"`` (``"ViT-B-16/openai"``) or
+``"hf-hub:org/repo"``; a Hugging Face hub id ``"org/name"``. Hub files come from the local Hugging
+Face cache first; the network is tried only when they are missing and offline mode is off.
+
+Weights load from safetensors. A pickle checkpoint (``.bin``/``.pt``/``.pth``) is refused unless the
+caller passes ``allow_pickle=True``, and even then it is read with ``torch.load(weights_only=True)``,
+which rejects any object that is not plain tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .encoder import Encoder
+from .registry import LoadRequest, ModelSpec, close_matches, families, get_family, get_spec
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+class ModelNotFoundError(ValueError):
+    """A name that is neither a directory, an alias, an open_clip tag nor a hub id."""
+
+
+class ModelNotAvailableError(OSError):
+    """A valid hub id / tag whose files are neither cached locally nor downloadable now."""
+
+
+class PickleCheckpointError(ValueError):
+    """A pickle checkpoint was found and the caller did not opt in to loading it."""
+
+
+# -- weights ---------------------------------------------------------------------------------------
+def find_weights(directory: Path, safetensors: Iterable[str], pickles: Iterable[str], *, allow_pickle: bool) -> Path:
+    """Pick the weights file in ``directory``: a safetensors file, else (opt-in only) a pickle.
+
+    Args:
+        directory: checkpoint directory.
+        safetensors: candidate safetensors file names, best first.
+        pickles: candidate pickle file names, best first.
+        allow_pickle: whether a pickle file may be returned.
+
+    Raises:
+        PickleCheckpointError: only a pickle checkpoint exists and ``allow_pickle`` is False.
+        FileNotFoundError: no candidate exists.
+    """
+    for name in safetensors:
+        if (directory / name).is_file():
+            return directory / name
+    found = [directory / n for n in pickles if (directory / n).is_file()]
+    if found:
+        if not allow_pickle:
+            raise PickleCheckpointError(pickle_refusal(found[0]))
+        return found[0]
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected one of {list(safetensors)} (or, with allow_pickle=True, {list(pickles)})"
+    )
+
+
+def pickle_refusal(path: Path) -> str:
+    """The message for a refused pickle checkpoint."""
+    return (
+        f"refusing to load pickle checkpoint {path}: unpickling can run arbitrary code. Convert it to "
+        "safetensors, or pass allow_pickle=True if you trust its source (it is then read with "
+        "torch.load(weights_only=True), which accepts tensors only)."
+    )
+
+
+def check_no_pickle_only(directory: Path, *, allow_pickle: bool) -> None:
+    """Raise :class:`PickleCheckpointError` if ``directory`` holds pickle weights but no safetensors."""
+    if allow_pickle:
+        return
+    has_st = any(directory.rglob("*.safetensors"))
+    pickles = [p for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()]
+    if pickles and not has_st:
+        raise PickleCheckpointError(pickle_refusal(pickles[0]))
+
+
+def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or from a pickle with ``weights_only=True`` when allowed."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if not allow_pickle:
+        raise PickleCheckpointError(pickle_refusal(path))
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    return obj
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON file, with an error naming the file if it is malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON in {path}: {e}") from None
+
+
+# -- sources ---------------------------------------------------------------------------------------
+def _open_clip_arch(source: str) -> tuple[str, str] | None:
+    if "/" not in source or source.count("/") != 1:
+        return None
+    arch, tag = source.split("/")
+    import open_clip
+
+    return (arch, tag) if arch in open_clip.list_models() else None
+
+
+def hub_snapshot(
+    repo_id: str,
+    *,
+    allow_patterns: list[str] | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
+    """Local directory with a hub repo's files: from the cache if there, else downloaded.
+
+    Args:
+        repo_id: ``"org/name"``.
+        allow_patterns: file globs to fetch (default: configs, safetensors, tokenizer files).
+        revision: branch, tag or commit.
+        cache_dir: Hugging Face cache directory (default: ``HF_HUB_CACHE``).
+        local_files_only: never touch the network; default: ``True`` when ``HF_HUB_OFFLINE`` is set.
+
+    Raises:
+        ModelNotAvailableError: not cached and the hub is unreachable (or offline mode is on).
+    """
+    from huggingface_hub import snapshot_download
+
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+    kw = dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+    try:
+        return Path(snapshot_download(local_files_only=True, **kw))
+    except Exception as cached_err:  # not (fully) in the cache
+        if local_files_only:
+            raise ModelNotAvailableError(
+                f"{repo_id!r} is not in the local Hugging Face cache ({cache_dir or 'default cache'}) and offline mode "
+                "is on (HF_HUB_OFFLINE=1 or local_files_only=True). Download it once with network access, or pass a "
+                "local directory."
+            ) from cached_err
+    logger.info("%s is not cached; downloading from the hub", repo_id)
+    try:
+        return Path(snapshot_download(endpoint=os.environ.get("HF_ENDPOINT") or None, **kw))
+    except Exception as e:
+        raise ModelNotAvailableError(
+            f"{repo_id!r} is neither in the local Hugging Face cache ({cache_dir or 'default cache'}) nor reachable on "
+            f"the hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check the id and your "
+            "network, or pass a local directory."
+        ) from e
+
+
+def _resolve(
+    name: str, spec: ModelSpec | None, *, allow_pickle: bool, revision: str | None, cache_dir: Any, local_only: Any
+) -> tuple[Path, dict[str, Any]]:
+    """Map a source string to a local directory plus source hints."""
+    source = spec.source if spec else name
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        return path, {}
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; pass the checkpoint directory that contains it")
+    if source.startswith("hf-hub:"):
+        source = source[len("hf-hub:") :]
+    pickles = ["*.bin", "*.pt", "*.pth"] if allow_pickle else []
+    oc = _open_clip_arch(source)
+    if oc is not None:
+        import open_clip
+
+        arch, tag = oc
+        pcfg = open_clip.get_pretrained_cfg(arch, tag)
+        if not pcfg:
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise ModelNotFoundError(f"open_clip model {arch!r} has no pretrained tag {tag!r}; known tags: {tags}")
+        repo = (pcfg.get("hf_hub") or "").strip("/")
+        if not repo:
+            raise ModelNotAvailableError(f"open_clip tag {source!r} is not hosted on the Hugging Face hub ({pcfg.get('url')})")
+        snap = hub_snapshot(
+            repo,
+            allow_patterns=["open_clip_config.json", "open_clip_model.safetensors", *["open_clip_pytorch_model.bin"][: len(pickles)], "*.txt", "tokenizer*", "*.model"],
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_only,
+        )
+        return snap, {"open_clip_arch": arch, "open_clip_pretrained_cfg": pcfg}
+    if _HUB_ID.match(source):
+        return hub_snapshot(
+            source,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", *pickles],
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_only,
+        ), {}
+    hint = close_matches(name)
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: not a directory, a registered alias, an open_clip tag ('ARCH/PRETRAINED') or a hub "
+        f"id ('org/name')." + (f" Did you mean: {', '.join(hint)}?" if hint else " Run `visionfm models` for the list.")
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``"fp32" | "bf16" | "fp16"`` (or a ``torch.dtype``) to a ``torch.dtype``; ``None`` is fp32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not supported; use one of fp32, bf16, fp16")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` picks CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def detect_family(path: Path) -> tuple[str, str] | None:
+    """``(family, backend)`` whose on-disk format ``path`` holds, or ``None``."""
+    for fam in families().values():
+        backend = fam.detect(path)
+        if backend is not None:
+            return fam.name, backend
+    return None
+
+
+def load_encoder(
+    name: str | os.PathLike,
+    *,
+    backend: str | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    local_files_only: bool | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> Encoder:
+    """Build an encoder from an alias, a hub id, an open_clip tag or a local directory.
+
+    Args:
+        name: ``"dinov2-small"`` (see ``list_models()``), ``"facebook/dinov2-small"``,
+            ``"ViT-B-16/openai"``, ``"hf-hub:org/repo"`` or a directory in a family's on-disk format
+            (transformers, open_clip ``open_clip_config.json`` + weights, diffusers).
+        backend: force a backend (``"open_clip"`` or ``"transformers"`` for CLIP); default: the
+            format on disk.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``, ...
+        dtype: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``.
+        allow_pickle: permit a pickle checkpoint when no safetensors exist (read with
+            ``weights_only=True``).
+        local_files_only: never use the network (default: ``HF_HUB_OFFLINE``).
+        revision: hub revision.
+        cache_dir: Hugging Face cache directory.
+        **overrides: family options (e.g. ``timestep=`` for DiT); unknown ones raise, listing the
+            valid ones.
+
+    Returns:
+        An :class:`Encoder` in eval mode on ``device``.
+
+    Example:
+        >>> import visionfm as vfm
+        >>> "dinov2-small" in [m.name for m in vfm.list_models()]
+        True
+    """
+    name = os.fspath(name)
+    spec = get_spec(name) if not Path(os.path.expanduser(name)).is_dir() else None
+    fam_name = spec.family if spec else None
+    # Validate options before any download so a typo costs nothing.
+    if fam_name:
+        _validate_options(fam_name, overrides)
+    path, extra = _resolve(
+        name, spec, allow_pickle=allow_pickle, revision=revision, cache_dir=cache_dir, local_only=local_files_only
+    )
+    detected = detect_family(path)
+    if detected is None:
+        files = sorted(p.name for p in path.iterdir())[:12]
+        raise ValueError(
+            f"{name!r} ({path}) is not in a format visionfm recognises (found {files}); expected a transformers "
+            "directory (config.json with model_type clip/siglip/dinov2/sam), an open_clip directory "
+            "(open_clip_config.json) or a diffusers DiT directory (model_index.json)"
+        )
+    fam_detected, backend_detected = detected
+    if fam_name and fam_name != fam_detected:
+        raise ValueError(f"{name!r} is registered as family {fam_name!r} but {path} holds a {fam_detected!r} checkpoint")
+    family = get_family(fam_detected)
+    if not fam_name:
+        _validate_options(family.name, overrides)
+    chosen = backend or (spec.backend if spec and spec.backend else backend_detected)
+    if chosen not in family.backends:
+        raise ValueError(f"backend {chosen!r} is not available for family {family.name!r}; choose from {family.backends}")
+    options = {**family.options, **(spec.options if spec else {}), **overrides}
+    check_no_pickle_only(path, allow_pickle=allow_pickle)
+    req = LoadRequest(
+        path=path,
+        name=name,
+        backend=chosen,
+        options=options,
+        allow_pickle=allow_pickle,
+        extra={**extra, "format": backend_detected},
+    )
+    enc = family.build(req)
+    enc = enc.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
+    logger.info("loaded %s (%s/%s) from %s on %s", name, family.name, chosen, path, enc.device)
+    return enc
+
+
+def _validate_options(family: str, overrides: dict[str, Any]) -> None:
+    valid = get_family(family).options
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid) or 'none'} "
+            "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir)"
+        )

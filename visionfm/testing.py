@@ -1,0 +1,86 @@
+"""Tiny random checkpoints in each family's true on-disk format, for tests and examples.
+
+``tiny_checkpoint("clip", backend="open_clip")`` writes ``open_clip_config.json`` +
+``open_clip_model.safetensors``; ``backend="transformers"`` writes a transformers directory
+(``config.json``, ``model.safetensors``, tokenizer and preprocessor files); ``"dit"`` writes a diffusers
+pipeline directory. They load through the real ``load_encoder`` path and through the reference
+libraries themselves, which is what the parity tests compare.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+_DEFAULT_BACKEND = {
+    "clip": "open_clip",
+    "siglip": "transformers",
+    "dinov2": "transformers",
+    "dinov2-registers": "transformers",
+    "sam": "transformers",
+    "dit": "diffusers",
+}
+# kind -> (module, writer function)
+_WRITERS = {
+    "clip": ("visionfm.foundation.clip", "write_tiny_clip"),
+    "siglip": ("visionfm.foundation.clip", "write_tiny_siglip"),
+    "dinov2": ("visionfm.foundation.dinov2", "write_tiny_dinov2"),
+    "dinov2-registers": ("visionfm.foundation.dinov2", "write_tiny_dinov2_registers"),
+    "sam": ("visionfm.foundation.sam", "write_tiny_sam"),
+    "dit": ("visionfm.foundation.dit", "write_tiny_dit"),
+}
+
+
+def tiny_kinds() -> list[str]:
+    """The kinds :func:`tiny_checkpoint` can write."""
+    return sorted(_WRITERS)
+
+
+def tiny_checkpoint(kind: str, backend: str | None = None, *, root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Write (once) and return a tiny random checkpoint directory.
+
+    Args:
+        kind: ``"clip"``, ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"`` or ``"dit"``.
+        backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
+            one format each.
+        root: parent directory; default: a per-user temp cache, so a test session writes each
+            checkpoint once.
+        seed: torch seed of the random weights.
+
+    Returns:
+        The checkpoint directory.
+    """
+    if kind not in _WRITERS:
+        raise ValueError(f"unknown tiny checkpoint kind {kind!r}; choose from {tiny_kinds()}")
+    backend = backend or _DEFAULT_BACKEND[kind]
+    root = Path(root) if root is not None else Path(tempfile.gettempdir()) / f"visionfm-tiny-{_version_key()}"
+    out = root / f"{kind}-{backend}-seed{seed}"
+    if (out / ".complete").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    module, fn = _WRITERS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        getattr(importlib.import_module(module), fn)(tmp, backend=backend)
+    (tmp / ".complete").write_text("ok\n")
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _version_key() -> str:
+    import transformers
+
+    import visionfm
+
+    return f"{visionfm.__version__}-tf{transformers.__version__}"
