@@ -24,8 +24,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 2
     rows = [[s.name, s.family, s.backend or "auto", s.source, s.description] for s in specs]
     print(_table(rows, ["name", "family", "backend", "source", "description"]))
-    print(f"\n{len(specs)} models in {len({s.family for s in specs})} families. Also accepted: a hub id, an open_clip tag "
-          "'ARCH/PRETRAINED', or a local checkpoint directory.")
+    print(
+        f"\n{len(specs)} models in {len({s.family for s in specs})} families. Also accepted: a hub id, an open_clip tag "
+        "'ARCH/PRETRAINED', or a local checkpoint directory."
+    )
     return 0
 
 
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``visionfm`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError, KeyError) as e:

@@ -42,7 +42,9 @@ def tiny_kinds() -> list[str]:
     return sorted(_WRITERS)
 
 
-def tiny_checkpoint(kind: str, backend: str | None = None, *, root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+def tiny_checkpoint(
+    kind: str, backend: str | None = None, *, root: str | os.PathLike | None = None, seed: int = 0
+) -> Path:
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:

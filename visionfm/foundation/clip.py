@@ -24,7 +24,7 @@ import torch
 
 from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
-from .loading import find_weights, read_json, read_state_dict
+from .loading import find_weights, hf_model_type, read_json, read_state_dict
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
 
@@ -70,7 +70,9 @@ class _ClipBase(Encoder):
         """
         texts = _texts(texts)
         with torch.inference_mode():
-            return torch.cat([self._embed_text_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+            return torch.cat(
+                [self._embed_text_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ class OpenClipEncoder(_ClipBase):
         super().__init__(info, preprocess_config)
         self.model = model
         self.tokenizer = tokenizer
-        self.logit_bias = float(model.logit_bias) if getattr(model, "logit_bias", None) is not None else None
+        self.logit_bias = float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else None
 
     @property
     def logit_scale(self) -> float:  # type: ignore[override]
@@ -217,7 +219,7 @@ class HFClipEncoder(_ClipBase):
         self.model = model
         self.tokenizer = tokenizer
         bias = getattr(model, "logit_bias", None)
-        self.logit_bias = float(bias) if bias is not None else None
+        self.logit_bias = float(bias.detach()) if bias is not None else None
         self.text_max_length = int(cfg.text_config.max_position_embeddings)
 
     @property
@@ -266,10 +268,9 @@ def _build_hf(req: LoadRequest) -> HFClipEncoder:
 
     model = AutoModel.from_pretrained(req.path, use_safetensors=None if req.allow_pickle else True)
     tokenizer = AutoTokenizer.from_pretrained(req.path)
-    pp_file = req.path / "preprocessor_config.json"
-    if pp_file.is_file():
-        pp = PreprocessConfig.from_hf(read_json(pp_file))
-    else:
+    kind = model.config.model_type
+    pp = PreprocessConfig.from_hf_dir(req.path, "SiglipImageProcessor" if kind == "siglip" else "CLIPImageProcessor")
+    if pp is None:
         size = int(model.config.vision_config.image_size)
         logger.warning("%s has no preprocessor_config.json; using the %s defaults", req.path, model.config.model_type)
         if model.config.model_type == "siglip":
@@ -285,14 +286,8 @@ def _build_hf(req: LoadRequest) -> HFClipEncoder:
 def _detect(path: Path) -> str | None:
     if (path / "open_clip_config.json").is_file() and not (path / "config.json").is_file():
         return "open_clip"
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            mt = json.loads(cfg.read_text()).get("model_type")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-        if mt in _HF_CLIP_TYPES:
-            return "transformers"
+    if hf_model_type(path) in _HF_CLIP_TYPES:
+        return "transformers"
     if (path / "open_clip_config.json").is_file():
         return "open_clip"
     return None
@@ -365,7 +360,10 @@ _TOP_MAP = [  # (open_clip key, transformers key, transpose)
     ("text_projection", "text_projection.weight", True),
     ("logit_scale", "logit_scale", False),
 ]
-_TOWERS = [("visual.transformer.resblocks", "vision_model.encoder.layers"), ("transformer.resblocks", "text_model.encoder.layers")]
+_TOWERS = [
+    ("visual.transformer.resblocks", "vision_model.encoder.layers"),
+    ("transformer.resblocks", "text_model.encoder.layers"),
+]
 
 
 def open_clip_state_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -423,7 +421,9 @@ def _hf_config_from_open_clip(model_cfg: dict[str, Any]) -> Any:
 
     v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     unsupported = {"ls_init_value", "attentional_pool", "no_ln_pre", "final_ln_after_pool", "proj_bias"}
-    bad = [k for k in unsupported if v.get(k)] + [k for k in ("ls_init_value", "proj_bias", "no_causal_mask") if t.get(k)]
+    bad = [k for k in unsupported if v.get(k)] + [
+        k for k in ("ls_init_value", "proj_bias", "no_causal_mask") if t.get(k)
+    ]
     if bad or v.get("pool_type", "tok") != "tok" or t.get("pool_type", "argmax") != "argmax" or "timm_model_name" in v:
         raise ValueError(f"this open_clip variant has no transformers CLIPModel equivalent ({bad or 'pooling/tower'})")
     act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
@@ -500,7 +500,9 @@ def write_clip_tokenizer_files(path: Path) -> None:
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     merges = sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(pair) for pair, _ in merges) + "\n")
-    CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"), model_max_length=77).save_pretrained(path)
+    CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"), model_max_length=77).save_pretrained(
+        path
+    )
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str) -> Path:
@@ -545,7 +547,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, to: str) -> Path:
         model = CLIPModel.from_pretrained(src, use_safetensors=True)
         if model.config.model_type != "clip":
             raise ValueError("only CLIP (not SigLIP) transformers checkpoints convert to open_clip")
-        pp = PreprocessConfig.from_hf(read_json(src / "preprocessor_config.json"))
+        pp = PreprocessConfig.from_hf_dir(src, "CLIPImageProcessor")
+        if pp is None:
+            raise ValueError(f"{src} has no preprocessor_config.json to carry over")
         cfg = {
             "model_cfg": _open_clip_config_from_hf(model.config),
             "preprocess_cfg": {
@@ -646,8 +650,25 @@ def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
     (path / "spiece.model").write_bytes(buf.getvalue())
     SiglipTokenizer(vocab_file=str(path / "spiece.model"), model_max_length=16).save_pretrained(path)
     cfg = SiglipConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16, pad_token_id=1, bos_token_id=None, eos_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=1,
+            bos_token_id=None,
+            eos_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
     )
     SiglipModel(cfg).save_pretrained(path)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)

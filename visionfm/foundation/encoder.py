@@ -54,7 +54,9 @@ class Encoder(nn.Module):
 
     def __repr__(self) -> str:
         i = self._info
-        return f"{type(self).__name__}(name={i.name!r}, backend={i.backend!r}, embed_dim={i.embed_dim}, width={i.width})"
+        return (
+            f"{type(self).__name__}(name={i.name!r}, backend={i.backend!r}, embed_dim={i.embed_dim}, width={i.width})"
+        )
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, images: Any) -> torch.Tensor:
@@ -124,7 +126,10 @@ class Encoder(nn.Module):
         n_batches = math.ceil(len(items) / batch_size)
         show = n_batches > 1 if progress is None else progress
         parts: list[Features] = []
-        with torch.inference_mode(), tqdm(total=len(items), desc=f"encode {self._info.name}", unit="img", disable=not show) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(items), desc=f"encode {self._info.name}", unit="img", disable=not show) as bar,
+        ):
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 feats = self(self.preprocess(chunk), layers=layers)
@@ -156,7 +161,9 @@ class Encoder(nn.Module):
         for i in layers:
             j = int(i) + n if int(i) < 0 else int(i)
             if not 0 <= j < n:
-                raise ValueError(f"layer {i} is out of range for {self._info.name!r}, which has {n} blocks (0..{n - 1})")
+                raise ValueError(
+                    f"layer {i} is out of range for {self._info.name!r}, which has {n} blocks (0..{n - 1})"
+                )
             out.append(j)
         return sorted(set(out))
 

@@ -117,9 +117,21 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON file, with an error naming the file if it is malformed."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"malformed JSON in {path}: {e}") from None
+
+
+def hf_model_type(path: Path) -> str | None:
+    """``model_type`` of the transformers ``config.json`` in ``path``, or ``None`` if absent/unreadable."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        mt = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return None
+    return mt if isinstance(mt, str) else None
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -203,10 +215,19 @@ def _resolve(
             raise ModelNotFoundError(f"open_clip model {arch!r} has no pretrained tag {tag!r}; known tags: {tags}")
         repo = (pcfg.get("hf_hub") or "").strip("/")
         if not repo:
-            raise ModelNotAvailableError(f"open_clip tag {source!r} is not hosted on the Hugging Face hub ({pcfg.get('url')})")
+            raise ModelNotAvailableError(
+                f"open_clip tag {source!r} is not hosted on the Hugging Face hub ({pcfg.get('url')})"
+            )
         snap = hub_snapshot(
             repo,
-            allow_patterns=["open_clip_config.json", "open_clip_model.safetensors", *["open_clip_pytorch_model.bin"][: len(pickles)], "*.txt", "tokenizer*", "*.model"],
+            allow_patterns=[
+                "open_clip_config.json",
+                "open_clip_model.safetensors",
+                *["open_clip_pytorch_model.bin"][: len(pickles)],
+                "*.txt",
+                "tokenizer*",
+                "*.model",
+            ],
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_only,
@@ -314,13 +335,17 @@ def load_encoder(
         )
     fam_detected, backend_detected = detected
     if fam_name and fam_name != fam_detected:
-        raise ValueError(f"{name!r} is registered as family {fam_name!r} but {path} holds a {fam_detected!r} checkpoint")
+        raise ValueError(
+            f"{name!r} is registered as family {fam_name!r} but {path} holds a {fam_detected!r} checkpoint"
+        )
     family = get_family(fam_detected)
     if not fam_name:
         _validate_options(family.name, overrides)
     chosen = backend or (spec.backend if spec and spec.backend else backend_detected)
     if chosen not in family.backends:
-        raise ValueError(f"backend {chosen!r} is not available for family {family.name!r}; choose from {family.backends}")
+        raise ValueError(
+            f"backend {chosen!r} is not available for family {family.name!r}; choose from {family.backends}"
+        )
     options = {**family.options, **(spec.options if spec else {}), **overrides}
     check_no_pickle_only(path, allow_pickle=allow_pickle)
     req = LoadRequest(

@@ -12,8 +12,10 @@ resize differs from PIL's by up to a few intensity levels, so configs built from
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -94,7 +96,9 @@ class PreprocessConfig:
         """Build from a transformers ``preprocessor_config.json`` dict (CLIP, SigLIP, BiT/DINOv2, SAM)."""
         size = cfg.get("size") or {}
         if isinstance(size, int):
-            size = {"shortest_edge": size} if not cfg.get("default_to_square", True) else {"height": size, "width": size}
+            size = (
+                {"shortest_edge": size} if not cfg.get("default_to_square", True) else {"height": size, "width": size}
+            )
         crop = cfg.get("crop_size") or {}
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
@@ -130,6 +134,35 @@ class PreprocessConfig:
             std=std,  # type: ignore[arg-type]
             resize_backend="torch",
         )
+
+    @classmethod
+    def from_hf_dir(cls, path: str | Path, processor_class: str) -> PreprocessConfig | None:
+        """Read a transformers checkpoint's image-processor settings, or ``None`` if it has none.
+
+        Looks for ``preprocessor_config.json``, then the ``image_processor`` entry of
+        ``processor_config.json`` (what ``ProcessorMixin.save_pretrained`` writes in transformers 5).
+        Keys the file leaves out take the processor class's own defaults (``image_processor_type``
+        in the file, else ``processor_class``), exactly as transformers fills them.
+
+        Args:
+            path: checkpoint directory.
+            processor_class: transformers image-processor class name to take defaults from, e.g.
+                ``"SamImageProcessor"``.
+        """
+        path = Path(path)
+        cfg: dict[str, Any] | None = None
+        if (path / "preprocessor_config.json").is_file():
+            cfg = _read_json(path / "preprocessor_config.json")
+        elif (path / "processor_config.json").is_file():
+            cfg = _read_json(path / "processor_config.json").get("image_processor")
+        if cfg is None:
+            return None
+        import transformers
+
+        name = str(cfg.get("image_processor_type") or processor_class).removesuffix("Fast")
+        klass = getattr(transformers, name, None) or getattr(transformers, processor_class)
+        defaults = {**klass().to_dict(), "default_to_square": getattr(klass, "default_to_square", True)}
+        return cls.from_hf({**defaults, **cfg})
 
     def to_hf(self) -> dict[str, Any]:
         """The transformers ``preprocessor_config.json`` fields equivalent to this config."""
@@ -180,6 +213,13 @@ class PreprocessConfig:
         if mode == "squash":
             return cls(resize="exact", resize_size=None, crop_size=(size, size), **common)  # type: ignore[arg-type]
         raise ValueError(f"open_clip resize_mode {mode!r} is not supported (supported: 'shortest', 'squash')")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON in {path}: {e}") from None
 
 
 def _resize_hw(h: int, w: int, cfg: PreprocessConfig) -> tuple[int, int]:

@@ -1,0 +1,174 @@
+"""load_encoder: name resolution, offline-first hub cache, overrides, dtype, and pickle safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import visionfm as vfm
+from visionfm.foundation.loading import ModelNotAvailableError, ModelNotFoundError, PickleCheckpointError
+from visionfm.foundation.registry import ModelSpec, register_model
+from visionfm.testing import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def oc_dir(tiny_root):
+    return tiny_checkpoint("clip", "open_clip", root=tiny_root)
+
+
+@pytest.fixture(scope="module")
+def dino_dir(tiny_root):
+    return tiny_checkpoint("dinov2", root=tiny_root)
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, files_from: Path) -> Path:
+    """Lay files out exactly as huggingface_hub's cache does (refs/main -> snapshots/<commit>)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / commit
+    shutil.copytree(files_from, snap, ignore=shutil.ignore_patterns(".complete"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ModelNotFoundError, match="dinov2-small"):
+        vfm.load_encoder("dinov2-smal")
+
+
+def test_unknown_override_lists_valid_options(oc_dir):
+    with pytest.raises(TypeError, match="unknown option.*'foo'.*valid options"):
+        vfm.load_encoder(oc_dir, foo=1)
+    with pytest.raises(TypeError, match="timestep"):  # alias path validates before any download
+        vfm.load_encoder("dit-xl-2-256", timestpe=5)
+
+
+def test_bad_dtype_and_backend(oc_dir):
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        vfm.load_encoder(oc_dir, dtype="fp8")
+    with pytest.raises(ValueError, match="backend 'diffusers' is not available"):
+        vfm.load_encoder(oc_dir, backend="diffusers")
+
+
+def test_dtype_bf16(oc_dir, photos):
+    enc32 = vfm.load_encoder(oc_dir, device="cpu")
+    enc16 = vfm.load_encoder(oc_dir, device="cpu", dtype="bf16")
+    assert enc16.dtype == torch.bfloat16
+    f32, f16 = enc32.encode(photos[:2]), enc16.encode(photos[:2])
+    assert f16.pooled.dtype == torch.bfloat16
+    cos = torch.nn.functional.cosine_similarity(f32.pooled, f16.pooled.float())
+    assert (cos > 0.99).all()
+
+
+def test_not_a_checkpoint_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not in a format visionfm recognises.*notes.txt"):
+        vfm.load_encoder(tmp_path)
+
+
+def test_offline_not_cached_is_clear(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="not in the local Hugging Face cache.*offline"):
+        vfm.load_encoder("facebook/dinov2-small", local_files_only=True, cache_dir=tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="timm/vit_base_patch16_clip_224.openai"):
+        vfm.load_encoder("ViT-B-16/openai", local_files_only=True, cache_dir=tmp_path)
+
+
+def test_unreachable_hub_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # closed port: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelNotAvailableError, match="neither in the local Hugging Face cache .* nor reachable"):
+        vfm.load_encoder("someone/not-a-model", local_files_only=False, cache_dir=tmp_path)
+
+
+def test_hub_id_served_from_cache_without_network(tmp_path, dino_dir, photos, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    _fake_hub_cache(tmp_path, "facebook/dinov2-small", dino_dir)
+    enc = vfm.load_encoder("dinov2-small", cache_dir=tmp_path, local_files_only=False, device="cpu")
+    ref = vfm.load_encoder(dino_dir, device="cpu")
+    assert enc.info.name == "dinov2-small" and enc.info.family == "dinov2"
+    torch.testing.assert_close(enc.encode(photos[:1]).pooled, ref.encode(photos[:1]).pooled)
+
+
+def test_open_clip_tag_served_from_cache(tmp_path, oc_dir, photos):
+    _fake_hub_cache(tmp_path, "timm/vit_base_patch16_clip_224.openai", oc_dir)
+    enc = vfm.load_encoder("ViT-B-16/openai", cache_dir=tmp_path, local_files_only=True, device="cpu")
+    ref = vfm.load_encoder(oc_dir, device="cpu")
+    assert enc.info.backend == "open_clip"
+    torch.testing.assert_close(enc.encode(photos[:1]).pooled, ref.encode(photos[:1]).pooled)
+
+
+def test_registered_alias_to_local_dir_and_duplicate_refused(oc_dir):
+    register_model(ModelSpec(name="test-tiny-clip-local", family="clip", source=str(oc_dir), description="t"))
+    assert vfm.load_encoder("test-tiny-clip-local", device="cpu").info.name == "test-tiny-clip-local"
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(ModelSpec(name="test-tiny-clip-local", family="clip", source=str(oc_dir)))
+    with pytest.raises(ValueError, match="unknown family"):
+        register_model(ModelSpec(name="test-x", family="nope", source="a/b"))
+
+
+class _Payload:
+    """Unpickling this runs code that creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickled_open_clip_dir(src: Path, dst: Path, payload: object | None) -> Path:
+    dst.mkdir()
+    shutil.copy(src / "open_clip_config.json", dst)
+    sd = load_file(str(src / "open_clip_model.safetensors"))
+    obj = {"state_dict": sd, "evil": payload} if payload is not None else sd
+    torch.save(obj, dst / "open_clip_pytorch_model.bin")
+    return dst
+
+
+def test_pickle_refused_without_opt_in(oc_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    d = _pickled_open_clip_dir(oc_dir, tmp_path / "ckpt", _Payload(marker))
+    with pytest.raises(PickleCheckpointError, match="refusing to load pickle checkpoint.*allow_pickle=True"):
+        vfm.load_encoder(d)
+    assert not marker.exists()
+
+
+def test_malicious_pickle_not_run_even_with_opt_in(oc_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    d = _pickled_open_clip_dir(oc_dir, tmp_path / "ckpt", _Payload(marker))
+    with pytest.raises(pickle.UnpicklingError):
+        vfm.load_encoder(d, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_plain_pickle_state_dict_loads_with_opt_in(oc_dir, tmp_path, photos):
+    d = _pickled_open_clip_dir(oc_dir, tmp_path / "ckpt", None)
+    enc = vfm.load_encoder(d, allow_pickle=True, device="cpu")
+    ref = vfm.load_encoder(oc_dir, device="cpu")
+    torch.testing.assert_close(enc.encode(photos[:1]).pooled, ref.encode(photos[:1]).pooled)
+
+
+def test_transformers_pickle_dir_refused(dino_dir, tmp_path):
+    d = tmp_path / "hfpickle"
+    d.mkdir()
+    shutil.copy(dino_dir / "config.json", d)
+    torch.save(load_file(str(dino_dir / "model.safetensors")), d / "pytorch_model.bin")
+    with pytest.raises(PickleCheckpointError, match="pytorch_model.bin"):
+        vfm.load_encoder(d)
+
+
+def test_malformed_config_names_file(tmp_path, oc_dir):
+    d = tmp_path / "bad"
+    shutil.copytree(oc_dir, d)
+    (d / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="open_clip_config.json"):
+        vfm.load_encoder(d)
+    json.loads((oc_dir / "open_clip_config.json").read_text())  # the original is untouched

@@ -1,0 +1,223 @@
+"""Segment Anything (SAM) image encoder through transformers' ``SamModel``.
+
+The transformers checkpoint directory (``config.json`` with ``model_type`` ``sam``,
+``model.safetensors``, ``preprocessor_config.json`` of a ``SamImageProcessor``) is the on-disk format.
+The whole ``SamModel`` is kept (prompt encoder and mask decoder included) so prompting can build on it;
+``forward`` runs only the vision encoder and its neck, as ``SamModel.get_image_embeddings`` does,
+but without that method's ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .encoder import Encoder, tap_blocks
+from .features import EncoderInfo, Features
+from .loading import hf_model_type
+from .preprocess import PreprocessConfig
+from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+
+logger = logging.getLogger(__name__)
+
+SAM_MEAN = (0.485, 0.456, 0.406)
+SAM_STD = (0.229, 0.224, 0.225)
+
+
+def _int(v: int | Sequence[int]) -> int:
+    if isinstance(v, int):
+        return v
+    if v[0] != v[-1]:
+        raise ValueError(f"non-square SAM sizes {tuple(v)} are not supported")
+    return int(v[0])
+
+
+def detect(path: Path) -> str | None:
+    """``"transformers"`` if ``path`` holds a transformers SAM checkpoint, else ``None``."""
+    mt = hf_model_type(Path(path))
+    return "transformers" if mt is not None and mt == "sam" else None
+
+
+def load_preprocess_config(path: Path, image_size: int) -> PreprocessConfig:
+    """The checkpoint's ``SamImageProcessor`` configuration as a :class:`PreprocessConfig`.
+
+    Without a ``preprocessor_config.json`` or ``processor_config.json`` (logged as a warning) it uses SAM's reference
+    preprocessing at the model's input size: longest edge to ``image_size``, bilinear, ImageNet
+    mean/std, zero padding at the bottom/right to ``image_size x image_size``.
+    """
+    pp = PreprocessConfig.from_hf_dir(Path(path), "SamImageProcessor")
+    if pp is None:
+        logger.warning(
+            "%s has no preprocessor_config.json (nor processor_config.json); using SAM's reference preprocessing "
+            "(longest edge %d, bilinear, ImageNet mean/std, pad to %dx%d)",
+            path,
+            image_size,
+            image_size,
+            image_size,
+        )
+        return PreprocessConfig(
+            resize="longest_edge",
+            resize_size=image_size,
+            interpolation="bilinear",
+            crop_size=None,
+            pad_size=(image_size, image_size),
+            mean=SAM_MEAN,
+            std=SAM_STD,
+        )
+    if pp.image_size != (image_size, image_size):
+        raise ValueError(
+            f"{path}: preprocessing yields {pp.image_size} inputs but the SAM vision encoder expects "
+            f"{image_size}x{image_size}"
+        )
+    return pp
+
+
+class SamEncoder(Encoder):
+    """SAM image encoder (ViT + neck).
+
+    ``Features``: ``patches`` is the image embedding ``[B, h, w, C]`` (``SamModel.get_image_embeddings``
+    permuted to channels last, ``C = vision_config.output_channels``); ``pooled`` its mean over the
+    grid ``[B, C]``; no ``cls``/``registers``; ``layers`` the outputs of
+    ``model.vision_encoder.layers[i]``, ``[B, h, w, hidden_size]``.
+
+    Args:
+        model: a transformers ``SamModel`` (kept whole as ``self.model``).
+        preprocess_config: how images become the model input.
+        name: recorded in ``info.name``.
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocess_config: PreprocessConfig, name: str) -> None:
+        vcfg = model.config.vision_config
+        info = EncoderInfo(
+            family="sam",
+            backend="transformers",
+            name=name,
+            embed_dim=int(vcfg.output_channels),
+            width=int(vcfg.output_channels),
+            patch_size=_int(vcfg.patch_size),
+            image_size=preprocess_config.image_size,
+            mean=tuple(preprocess_config.mean),  # type: ignore[arg-type]
+            std=tuple(preprocess_config.std),  # type: ignore[arg-type]
+            has_text=False,
+            num_layers=int(vcfg.num_hidden_layers),
+            num_registers=0,
+        )
+        super().__init__(info, preprocess_config)
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        """Encode preprocessed pixels in one vision-encoder pass.
+
+        Args:
+            pixel_values: ``[B, 3, H, W]`` normalised, padded pixels (``(H, W) = info.image_size``).
+            layers: vision block indices to tap (negative counts from the end).
+
+        Returns:
+            ``Features`` with ``pooled`` ``[B, C]``, ``patches`` ``[B, h, w, C]`` and ``layers``
+            ``{i: [B, h, w, hidden_size]}``.
+        """
+        idx = self._layer_indices(layers)
+        vision = self.model.vision_encoder
+        with tap_blocks(vision.layers, idx) as taps:
+            emb = vision(pixel_values.to(self.dtype)).last_hidden_state  # [B, C, h, w]
+        patches = emb.permute(0, 2, 3, 1)
+        return Features(
+            pooled=patches.mean(dim=(1, 2)),
+            patches=patches,
+            grid=(patches.shape[1], patches.shape[2]),
+            layers={i: taps[i] for i in idx},
+        )
+
+
+def build(req: LoadRequest) -> SamEncoder:
+    """Build a :class:`SamEncoder` from a transformers checkpoint directory."""
+    from transformers import SamModel
+
+    model = SamModel.from_pretrained(req.path, use_safetensors=None if req.allow_pickle else True)
+    image_size = _int(model.config.vision_config.image_size)
+    return SamEncoder(model, load_preprocess_config(req.path, image_size), name=req.name)
+
+
+# -- tiny checkpoints --------------------------------------------------------------------------------
+def write_tiny_sam(path: Path, backend: str = "transformers") -> None:
+    """Write a tiny random ``SamModel`` (input 64, patch 8, hidden 32, 2 blocks, neck 16) and its processor.
+
+    The 8x8 embedding grid is split into 4x4 windows in block 0; block 1 attends globally. The
+    processor resizes the longest edge to 64 and pads to 64x64 (masks: 32, i.e. 4x the grid, as SAM).
+    """
+    if backend != "transformers":
+        raise ValueError(f"sam tiny checkpoints exist only for backend 'transformers', not {backend!r}")
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    path = Path(path)
+    image, patch, neck = 64, 8, 16
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=neck,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image,
+        patch_size=patch,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=neck // 2,
+        mlp_dim=64,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=neck, image_size=image, patch_size=patch, mask_input_channels=8)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=neck, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16
+    )
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    with torch.no_grad():  # SAM initialises with tiny std and zero position tables: make every parameter random
+        for prm in model.parameters():
+            prm.add_(torch.randn_like(prm) * 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    processor = SamImageProcessor(
+        size={"longest_edge": image},
+        pad_size={"height": image, "width": image},
+        mask_size={"longest_edge": 4 * image // patch},
+        mask_pad_size={"height": 4 * image // patch, "width": 4 * image // patch},
+        image_mean=list(SAM_MEAN),
+        image_std=list(SAM_STD),
+    )
+    processor.save_pretrained(path)  # preprocessor_config.json, as the hub checkpoints ship it
+    SamProcessor(image_processor=processor).save_pretrained(path)  # processor_config.json
+
+
+# -- registration ------------------------------------------------------------------------------------
+register_family(
+    Family(
+        name="sam",
+        backends=("transformers",),
+        detect=detect,
+        build=build,
+        options={},
+        description="Segment Anything image encoders: dense neck embeddings on the patch grid",
+    )
+)
+
+for _size, _desc in {
+    "base": "ViT-B/16, 1024px input, 64x64x256 embeddings",
+    "large": "ViT-L/16, 1024px input, 64x64x256 embeddings",
+    "huge": "ViT-H/16, 1024px input, 64x64x256 embeddings",
+}.items():
+    register_model(
+        ModelSpec(
+            name=f"sam-vit-{_size}",
+            family="sam",
+            source=f"facebook/sam-vit-{_size}",
+            backend="transformers",
+            description=f"Segment Anything {_desc}",
+        )
+    )
