@@ -1,0 +1,384 @@
+"""DiT (diffusers) as a feature extractor: denoiser features of a noised VAE latent.
+
+Diffusion features in the style of DIFT (Tang et al., 2023) and Diffusion Hyperfeatures (Luo et al.,
+2023): an image is encoded into the VAE latent space, noised to a chosen timestep ``t`` with the forward
+process, and the class-conditional DiT denoiser is run on it; the output of one transformer block, on
+the latent patch grid, is the image's dense feature map.
+
+Pipeline of :meth:`DiTEncoder.forward` for a ``[B, 3, S, S]`` input:
+
+1. ``z0 = (vae.encode(x).latent_dist.mean - shift) * scaling_factor`` — the *mean* of the posterior, not
+   a sample, so features are deterministic (``shift`` is ``vae.config.shift_factor``, unset for DiT).
+2. ``eps`` — ``ensemble`` draws ``[C, h, w]`` from a CPU ``torch.Generator`` seeded with ``noise_seed``,
+   drawn one after the other; every image of the batch gets the same draws, so a batch encodes exactly
+   as its images do one by one.
+3. ``zt = scheduler.add_noise(z0, eps, t)`` (``sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``, in float32).
+4. ``transformer(zt, timestep=t, class_labels=class_label)`` with forward hooks on
+   ``transformer.transformer_blocks``; the forward is stopped after the deepest block needed (the
+   final norm, projection and unpatchify never run). Block outputs ``[B, N, C]`` become ``[B, h/p, w/p, C]``
+   grids, averaged over the ensemble draws.
+
+Loading reads the diffusers pipeline directory (``model_index.json``, ``vae/``, ``transformer/``,
+``scheduler/``) from safetensors only, unless ``allow_pickle=True`` (then diffusers reads ``.bin`` files with
+``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from .encoder import Encoder, tap_blocks, tokens_to_grid
+from .features import EncoderInfo, Features
+from .loading import check_no_pickle_only
+from .preprocess import PreprocessConfig
+from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DIT_OPTIONS", "DiTEncoder", "detect", "write_tiny_dit"]
+
+#: Family options accepted by ``load_encoder`` for DiT, with their defaults.
+#:
+#: - ``timestep``: diffusion timestep ``t`` (``0 <= t < num_train_timesteps``) the latent is noised to and
+#:   the denoiser is conditioned on. Default 100: DIFT found small timesteps best for semantic features
+#:   (it reports t=101 for the pixel-space ADM model and t=261 for Stable Diffusion); at t=100 of the
+#:   1000-step linear schedule ``abar_t`` is about 0.9, so the input is still mostly image.
+#: - ``layer``: the transformer block whose output is ``Features.patches`` (negative counts from the end);
+#:   ``None`` picks the middle block, ``num_layers // 2`` (block 14 of DiT-XL's 28).
+#: - ``class_label``: ImageNet class to condition on; ``None`` is the null (unconditional, classifier-free
+#:   guidance) class, index ``num_embeds_ada_norm`` (1000 for the ImageNet DiTs).
+#: - ``noise_seed``: seed of the noise generator; the same image always gets the same noise.
+#: - ``ensemble``: number of noise draws whose block outputs are averaged (DIFT averages several).
+DIT_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"timestep": 100, "layer": None, "class_label": None, "noise_seed": 0, "ensemble": 1}
+)
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once every needed block has run, to skip the rest of the transformer."""
+
+
+def _stop_hook(_module: nn.Module, _inp: Any, _out: Any) -> None:
+    raise _StopForward
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_dit_transformer_config(cfg: dict[str, Any] | None) -> bool:
+    # The hub's facebook/DiT-* configs predate DiTTransformer2DModel and say "Transformer2DModel";
+    # ada_norm_zero with class embeddings is what makes a Transformer2DModel a DiT.
+    if cfg is None:
+        return False
+    name = cfg.get("_class_name")
+    if name == "DiTTransformer2DModel":
+        return True
+    return (
+        name == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_zero" and cfg.get("patch_size") is not None
+    )
+
+
+def detect(path: Path) -> str | None:
+    """Return ``"diffusers"`` if ``path`` is a diffusers DiT pipeline directory, else ``None``.
+
+    A DiT directory has a ``model_index.json`` whose ``_class_name`` is ``"DiTPipeline"``, or a
+    ``transformer/config.json`` naming a DiT transformer next to a ``vae/`` folder.
+    """
+    path = Path(path)
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else None
+    if index is not None and index.get("_class_name") == "DiTPipeline":
+        return "diffusers"
+    cfg_path = path / "transformer" / "config.json"
+    if cfg_path.is_file() and (path / "vae").is_dir() and _is_dit_transformer_config(_read_json(cfg_path)):
+        return "diffusers"
+    return None
+
+
+def _check_int(name: str, value: Any, *, lo: int | None = None, hi: int | None = None, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"DiT option {name}= must be an int{' or None' if none_ok else ''}, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"DiT option {name}={value} is out of range [{lo}, {hi}]")
+
+
+def _load_scheduler(path: Path):
+    """The pipeline's scheduler, of the class its config names (``DDPMScheduler`` if that is unknown)."""
+    import diffusers
+    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    cfg = _read_json(path / "scheduler" / "scheduler_config.json")
+    if cfg is None:
+        raise FileNotFoundError(f"{path} has no readable scheduler/scheduler_config.json")
+    name = str(cfg.get("_class_name", "DDPMScheduler"))
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        logger.warning("unknown scheduler class %r in %s; using DDPMScheduler", name, path)
+        cls = DDPMScheduler
+    return cls.from_pretrained(str(path), subfolder="scheduler")
+
+
+class DiTEncoder(Encoder):
+    """A diffusers DiT pipeline behind the :class:`Features` contract.
+
+    Attributes:
+        vae: the pipeline's ``AutoencoderKL``.
+        transformer: the ``DiTTransformer2DModel`` denoiser.
+        scheduler: the pipeline's scheduler, as configured (for generation built on top).
+        noise_scheduler: a ``DDPMScheduler`` with the same noise schedule, used for ``add_noise`` (its
+            forward process is the one DiT was trained with, whatever sampler the pipeline names).
+        timestep: diffusion timestep the features are taken at.
+        layer: non-negative index of the block that gives ``Features.patches``.
+        class_label: class id the denoiser is conditioned on (``num_embeds_ada_norm`` = null class).
+        noise_seed: seed of the per-image noise.
+        ensemble: number of noise draws averaged.
+
+    Determinism assumes eval mode (``load_encoder`` returns it): in train mode DiT's label embedding
+    randomly drops a non-null ``class_label`` to the null class.
+    """
+
+    def __init__(self, vae: nn.Module, transformer: nn.Module, scheduler: Any, *, name: str, options: dict[str, Any]):
+        from diffusers import DDPMScheduler
+
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        patch = int(transformer.config.patch_size)
+        size = int(transformer.config.sample_size) * vae_scale
+        num_layers = len(transformer.transformer_blocks)
+        width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
+        info = EncoderInfo(
+            family="dit",
+            backend="diffusers",
+            name=name,
+            embed_dim=width,
+            width=width,
+            patch_size=patch * vae_scale,
+            image_size=(size, size),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            has_text=False,
+            num_layers=num_layers,
+        )
+        # DiT's reference data pipeline (ADM's center_crop_arr) resizes with PIL BICUBIC and crops at
+        # floor((H - S) / 2); ADM's extra BOX halving of images larger than 2S is not reproduced.
+        pp = PreprocessConfig(
+            resize="shortest_edge",
+            resize_size=size,
+            interpolation="bicubic",
+            crop_size=(size, size),
+            crop_rounding="floor",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resize_backend="pil",
+        )
+        super().__init__(info, pp)
+        self.vae = vae
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.vae_scale_factor = vae_scale
+
+        opts = {**DIT_OPTIONS, **options}
+        unknown = sorted(set(opts) - set(DIT_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown DiT option(s) {unknown}; valid options: {sorted(DIT_OPTIONS)}")
+        n_train = int(self.noise_scheduler.config.num_train_timesteps)
+        n_classes = int(transformer.config.num_embeds_ada_norm)
+        _check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
+        _check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
+        _check_int("class_label", opts["class_label"], lo=0, hi=n_classes, none_ok=True)
+        _check_int("noise_seed", opts["noise_seed"])
+        _check_int("ensemble", opts["ensemble"], lo=1)
+        self.timestep: int = opts["timestep"]
+        self.layer: int = self._layer_indices([num_layers // 2 if opts["layer"] is None else opts["layer"]])[0]
+        self.class_label: int = n_classes if opts["class_label"] is None else opts["class_label"]
+        self.noise_seed: int = opts["noise_seed"]
+        self.ensemble: int = opts["ensemble"]
+
+    def extra_repr(self) -> str:
+        return f"timestep={self.timestep}, layer={self.layer}, class_label={self.class_label}, ensemble={self.ensemble}"
+
+    # -- pieces, public so that generation and analysis code can reuse them ---------------------------
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean, scaled to the denoiser's latent space.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` in [-1, 1].
+
+        Returns:
+            ``[B, C_lat, S / vae_scale, S / vae_scale]`` latents ``(mean - shift_factor) * scaling_factor``.
+        """
+        latents = self.vae.encode(pixel_values).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        return latents * self.vae.config.scaling_factor
+
+    def noise(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+        """The ``ensemble`` noise draws every image gets.
+
+        Args:
+            shape: ``(C_lat, h, w)`` of one latent.
+            device: where to put the noise (drawn on the CPU for reproducibility across devices).
+
+        Returns:
+            float32 ``[ensemble, C_lat, h, w]``: draw ``k`` is the ``k``-th ``torch.randn(shape)`` of a CPU
+            generator seeded with ``noise_seed``.
+        """
+        g = torch.Generator(device="cpu").manual_seed(self.noise_seed)
+        draws = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for _ in range(self.ensemble)]
+        return torch.stack(draws).to(device)
+
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        """Encode preprocessed pixels into denoiser features.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` from :meth:`preprocess` (in [-1, 1]).
+            layers: block indices to tap (negative counts from the end) into ``Features.layers``.
+
+        Returns:
+            ``Features`` with ``patches`` ``[B, h, w, C]`` (output of block :attr:`layer`, ``h = S / patch_size``),
+            ``pooled`` ``[B, C]`` (mean of ``patches`` over the grid) and ``layers``
+            ``{i: [B, h, w, C]}``; each averaged over the ``ensemble`` noise draws. Differentiable.
+        """
+        taps = self._layer_indices(layers)
+        needed = sorted(set(taps) | {self.layer})
+        latents = self.encode_latents(pixel_values)
+        b, c, lh, lw = latents.shape
+        e = self.ensemble
+        p = int(self.transformer.config.patch_size)
+        grid = (lh // p, lw // p)
+
+        noise = self.noise((c, lh, lw), device=latents.device)
+        z0 = latents.float().unsqueeze(1).expand(b, e, c, lh, lw).reshape(b * e, c, lh, lw)
+        eps = noise.unsqueeze(0).expand(b, e, c, lh, lw).reshape(b * e, c, lh, lw)
+        t = torch.full((b * e,), self.timestep, dtype=torch.long, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(z0, eps, t).to(latents.dtype)
+        labels = torch.full((b * e,), self.class_label, dtype=torch.long, device=latents.device)
+
+        blocks = self.transformer.transformer_blocks
+        with tap_blocks(blocks, needed) as captured:
+            stop = blocks[needed[-1]].register_forward_hook(_stop_hook)  # runs after the tap hooks
+            try:
+                self.transformer(noisy, timestep=t, class_labels=labels, return_dict=False)
+            except _StopForward:
+                pass
+            finally:
+                stop.remove()
+
+        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+            tokens = tokens.reshape(b, e, *tokens.shape[1:]).mean(1)
+            return tokens_to_grid(tokens, grid)
+
+        patches = to_grid(captured[self.layer])
+        out_layers = {i: (patches if i == self.layer else to_grid(captured[i])) for i in taps}
+        return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
+
+
+def build(req: LoadRequest) -> DiTEncoder:
+    """Build a :class:`DiTEncoder` from a diffusers DiT pipeline directory."""
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    if req.backend != "diffusers":
+        raise ValueError(f"DiT supports backend 'diffusers' only, got {req.backend!r}")
+    path = Path(req.path)
+    for sub in ("vae", "transformer"):
+        if not (path / sub).is_dir():
+            raise FileNotFoundError(f"{path} is not a DiT pipeline directory: missing {sub}/")
+        check_no_pickle_only(path / sub, allow_pickle=req.allow_pickle)
+    # True: safetensors or an error; None: safetensors if present, else (opted-in) pickle.
+    use_st = None if req.allow_pickle else True
+    vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)
+    transformer = DiTTransformer2DModel.from_pretrained(str(path), subfolder="transformer", use_safetensors=use_st)
+    scheduler = _load_scheduler(path)
+    logger.debug("DiT %s: vae %s, transformer %s, scheduler %s", req.name, vae.config, transformer.config, scheduler)
+    return DiTEncoder(vae, transformer, scheduler, name=req.name, options=dict(req.options))
+
+
+def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:
+    """Write a tiny random DiT pipeline (diffusers ``save_pretrained`` layout, safetensors).
+
+    Transformer: 2 blocks, 2 heads x 8 dims (width 16), patch 2, latent sample size 8, 1000 classes (null
+    class 1000, as ``DiTPipeline`` hard-codes). VAE: ``block_out_channels=(8, 16)`` (scale 2), 4 latent
+    channels. Scheduler: ``DDIMScheduler()``. Model input 16 px, patch grid 4 x 4, 4 px per patch.
+    Loadable with ``DiTPipeline.from_pretrained(path)``. Torch must be seeded by the caller.
+
+    Args:
+        path: directory to write into (created if missing).
+        backend: only ``"diffusers"``.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    if backend != "diffusers":
+        raise ValueError(f"tiny DiT checkpoints exist for backend 'diffusers' only, got {backend!r}")
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        norm_num_groups=4,
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    id2label = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "tabby, tabby cat", "3": "golden retriever"}
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(), id2label=id2label)
+    pipe.register_to_config(id2label=id2label)  # kept in model_index.json, as in the hub's DiT repos
+    pipe.save_pretrained(str(path), safe_serialization=True)
+
+
+register_family(
+    Family(
+        name="dit",
+        backends=("diffusers",),
+        detect=detect,
+        build=build,
+        options=DIT_OPTIONS,
+        description="DiT denoiser features of a noised VAE latent (DIFT-style), via diffusers",
+    )
+)
+register_model(
+    ModelSpec(
+        name="dit-xl-2-256",
+        family="dit",
+        source="facebook/DiT-XL-2-256",
+        backend="diffusers",
+        description="DiT-XL/2 class-conditional ImageNet diffusion transformer, 256 px (32x32 latents, 16x16 grid)",
+    )
+)
+register_model(
+    ModelSpec(
+        name="dit-xl-2-512",
+        family="dit",
+        source="facebook/DiT-XL-2-512",
+        backend="diffusers",
+        description="DiT-XL/2 class-conditional ImageNet diffusion transformer, 512 px (64x64 latents, 32x32 grid)",
+    )
+)
