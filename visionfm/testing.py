@@ -57,6 +57,13 @@ def tiny_checkpoint(
 
     Returns:
         The checkpoint directory.
+
+    Example:
+        >>> import numpy as np, visionfm as vfm
+        >>> enc = vfm.load_encoder(tiny_checkpoint("dinov2"), device="cpu")
+        >>> feats = enc.encode(np.zeros((60, 80, 3), np.uint8))
+        >>> tuple(feats.pooled.shape), tuple(feats.patches.shape), feats.grid
+        ((1, 32), (1, 4, 4, 32), (4, 4))
     """
     if kind not in _WRITERS:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; choose from {tiny_kinds()}")

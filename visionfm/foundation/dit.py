@@ -37,7 +37,6 @@ from torch import nn
 
 from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
-from .loading import check_no_pickle_only
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
 
@@ -299,7 +298,7 @@ def build(req: LoadRequest) -> DiTEncoder:
     for sub in ("vae", "transformer"):
         if not (path / sub).is_dir():
             raise FileNotFoundError(f"{path} is not a DiT pipeline directory: missing {sub}/")
-        check_no_pickle_only(path / sub, allow_pickle=req.allow_pickle)
+    # load_encoder has already refused pickle-only component folders unless allow_pickle=True.
     # True: safetensors or an error; None: safetensors if present, else (opted-in) pickle.
     use_st = None if req.allow_pickle else True
     vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)

@@ -88,13 +88,13 @@ def pickle_refusal(path: Path) -> str:
 
 
 def check_no_pickle_only(directory: Path, *, allow_pickle: bool) -> None:
-    """Raise :class:`PickleCheckpointError` if ``directory`` holds pickle weights but no safetensors."""
+    """Raise :class:`PickleCheckpointError` if any folder under ``directory`` (a pipeline's component
+    sub-folders included) holds pickle weights and no safetensors beside them."""
     if allow_pickle:
         return
-    has_st = any(directory.rglob("*.safetensors"))
-    pickles = [p for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()]
-    if pickles and not has_st:
-        raise PickleCheckpointError(pickle_refusal(pickles[0]))
+    for p in sorted(directory.rglob("*")):
+        if p.suffix in PICKLE_SUFFIXES and p.is_file() and not any(p.parent.glob("*.safetensors")):
+            raise PickleCheckpointError(pickle_refusal(p))
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
