@@ -326,7 +326,8 @@ for _name, _src, _desc in [
     ("siglip-large", "google/siglip-large-patch16-384", "SigLIP ViT-L/16, 384px"),
     ("siglip-so400m", "google/siglip-so400m-patch14-384", "SigLIP So400m/14, 384px"),
 ]:
-    register_model(ModelSpec(name=_name, family="clip", source=_src, description=_desc))
+    _backend = "open_clip" if _src.startswith("ViT-") else "transformers"
+    register_model(ModelSpec(name=_name, family="clip", source=_src, backend=_backend, description=_desc))
 
 
 # ---------------------------------------------------------------------------------------------------
