@@ -201,6 +201,8 @@ def _resolve(
         return path, {}
     if path.exists():
         raise ValueError(f"{source!r} is a file; pass the checkpoint directory that contains it")
+    if spec is not None and path.is_absolute():
+        raise ModelNotAvailableError(f"{name!r} lives in {path}, which does not exist yet ({spec.description})")
     if source.startswith("hf-hub:"):
         source = source[len("hf-hub:") :]
     pickles = ["*.bin", "*.pt", "*.pth"] if allow_pickle else []

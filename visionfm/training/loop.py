@@ -89,6 +89,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # YAML 1.1 reads "1e-4" as a string: coerce numbers
+            v = getattr(self, f.name)
+            if isinstance(v, str) and f.type in ("float", "float | None", "int"):
+                try:
+                    setattr(self, f.name, (float if "float" in f.type else int)(v))
+                except ValueError:
+                    raise ValueError(f"train.{f.name} must be a number, got {v!r}") from None
         for name in ("max_steps", "batch_size", "grad_accum_steps", "save_every", "log_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
