@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--num", type=int, default=1000)
     w.add_argument("--size", type=int, default=64)
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--label", default="colour_shape", choices=["colour_shape", "shape", "colour"], help="imagefolder classes")
+    w.add_argument(
+        "--label", default="colour_shape", choices=["colour_shape", "shape", "colour"], help="imagefolder classes"
+    )
     w.set_defaults(func=cmd_toyworld)
     return p
 

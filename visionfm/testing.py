@@ -20,6 +20,7 @@ import torch
 
 _DEFAULT_BACKEND = {
     "clip": "open_clip",
+    "clip-resnet": "open_clip",
     "siglip": "transformers",
     "dinov2": "transformers",
     "dinov2-registers": "transformers",
@@ -29,6 +30,7 @@ _DEFAULT_BACKEND = {
 # kind -> (module, writer function)
 _WRITERS = {
     "clip": ("visionfm.foundation.clip", "write_tiny_clip"),
+    "clip-resnet": ("visionfm.foundation.clip", "write_tiny_clip_resnet"),
     "siglip": ("visionfm.foundation.clip", "write_tiny_siglip"),
     "dinov2": ("visionfm.foundation.dinov2", "write_tiny_dinov2"),
     "dinov2-registers": ("visionfm.foundation.dinov2", "write_tiny_dinov2_registers"),
@@ -48,7 +50,7 @@ def tiny_checkpoint(
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:
-        kind: ``"clip"``, ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"`` or ``"dit"``.
+        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"`` or ``"dit"``.
         backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
             one format each.
         root: parent directory; default: a per-user temp cache, so a test session writes each

@@ -152,3 +152,23 @@ def test_text_input_validation(oc_dir):
     assert enc.encode_text("a cat").shape == (1, enc.info.embed_dim)
     with pytest.raises(TypeError, match="strings"):
         enc.encode_text([1, 2])
+
+
+def test_open_clip_resnet_tower_parity(tiny_root, photos):
+    d = tiny_checkpoint("clip-resnet", root=tiny_root)
+    enc = vfm.load_encoder(d, device="cpu")
+    assert enc.info.patch_size == 32 and enc.info.num_layers == 4
+    model, preprocess = open_clip.create_model_from_pretrained(f"local-dir:{d}")
+    model.eval()
+    pixels = torch.stack([preprocess(Image.fromarray(p)) for p in photos])
+    feats = enc.encode(photos, layers=[0, 3])
+    with torch.no_grad():
+        ref = model.encode_image(pixels)
+        v = model.visual
+        fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(pixels)))))
+    torch.testing.assert_close(feats.pooled, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(feats.patches, fmap.permute(0, 2, 3, 1), atol=ATOL, rtol=0)
+    assert feats.grid == (2, 2) and feats.cls is None
+    assert feats.layers[0].shape[1:3] == (16, 16) and torch.equal(feats.layers[3], feats.patches)
+    with pytest.raises(ValueError, match="no transformers CLIPModel equivalent"):
+        convert_checkpoint(d, tiny_root / "rn-hf", to="transformers")

@@ -12,8 +12,7 @@ from visionfm.training.recipes import apply_overrides, load_recipe, recipe_hash,
 
 TINY = [
     "model.embed_dim=32",
-    "model.vision_cfg.width=32",
-    "model.vision_cfg.layers=1",
+    "model.vision_cfg.width=4",
     "model.text_cfg.width=32",
     "model.text_cfg.heads=1",
     "model.text_cfg.layers=1",
@@ -66,3 +65,31 @@ def test_clip_pretrain_output_loads_like_any_clip(tmp_path, photos):
         )
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and (out / "checkpoints" / "step_00000004").is_dir()
+
+
+def test_grayscale_augmentation_pairs_grey_images_with_shape_only_captions():
+    from visionfm.data.toyworld import COLOURS, ToyWorld
+    from visionfm.foundation.preprocess import PreprocessConfig
+    from visionfm.training.clip_pretrain import ToyCaptionDataset
+
+    seen: list[str] = []
+
+    def tokenizer(caps):
+        seen.extend(caps)
+        return torch.zeros(len(caps), 4, dtype=torch.long)
+
+    pp = PreprocessConfig(resize="none", resize_size=None, crop_size=None, mean=(0.0,) * 3, std=(1.0,) * 3, rescale=1.0)
+    world = ToyWorld("train", 40, max_objects=3)
+    grey = ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=1.0)
+    for i in range(len(world)):
+        pixels, _ = grey[i]
+        assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
+        words = set(seen[-1].replace(",", " ").split())
+        assert not words & set(COLOURS), seen[-1]
+        assert {o.shape for o in world[i].objects} <= words
+    colour = ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=0.0)
+    pixels, _ = colour[3]
+    assert torch.equal(pixels.permute(1, 2, 0).to(torch.uint8), torch.from_numpy(world[3].image))
+    assert seen[-1] in world[3].captions
+    with pytest.raises(ValueError, match="grayscale_prob"):
+        ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=1.5)

@@ -79,35 +79,56 @@ class _ClipBase(Encoder):
 # open_clip backend
 # ---------------------------------------------------------------------------------------------------
 class OpenClipEncoder(_ClipBase):
-    """An open_clip ``CLIP`` model whose vision tower is open_clip's ``VisionTransformer``."""
+    """An open_clip ``CLIP`` model with an open_clip ``VisionTransformer`` or ``ModifiedResNet`` image tower.
+
+    For the ResNet tower (the OpenAI ``RN50``-style CNN with attention pooling), ``patches`` is the last
+    stage's feature map (stride 32) before the attention pool, ``pooled`` the attention-pooled
+    embedding, ``cls`` is ``None``, and ``layers=[0..3]`` taps the four stages (each on its own grid).
+    """
 
     def __init__(self, model: Any, tokenizer: Any, preprocess_config: PreprocessConfig, name: str) -> None:
+        from open_clip.modified_resnet import ModifiedResNet
         from open_clip.transformer import VisionTransformer
 
         visual = model.visual
-        if not isinstance(visual, VisionTransformer):
+        self.is_resnet = isinstance(visual, ModifiedResNet)
+        if not (self.is_resnet or isinstance(visual, VisionTransformer)):
             raise ValueError(
-                f"{name!r}: the open_clip backend supports open_clip's own ViT image towers, not "
+                f"{name!r}: the open_clip backend supports open_clip's own ViT and ModifiedResNet image towers, not "
                 f"{type(visual).__name__}; use a transformers checkpoint of this model instead"
             )
-        width = visual.conv1.out_channels
+        if self.is_resnet:
+            width, patch, n_layers = visual.layer4[-1].conv3.out_channels, 32, 4
+        else:
+            width, patch, n_layers = visual.conv1.out_channels, visual.patch_size[0], len(visual.transformer.resblocks)
         info = EncoderInfo(
             family="clip",
             backend="open_clip",
             name=name,
             embed_dim=int(visual.output_dim),
             width=int(width),
-            patch_size=int(visual.patch_size[0]),
+            patch_size=int(patch),
             image_size=preprocess_config.image_size,
             mean=tuple(preprocess_config.mean),  # type: ignore[arg-type]
             std=tuple(preprocess_config.std),  # type: ignore[arg-type]
             has_text=True,
-            num_layers=len(visual.transformer.resblocks),
+            num_layers=int(n_layers),
         )
         super().__init__(info, preprocess_config)
         self.model = model
         self.tokenizer = tokenizer
         self.logit_bias = float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else None
+
+    def _forward_resnet(self, pixel_values: torch.Tensor, idx: list[int]) -> Features:
+        v = self.model.visual
+        x = v.stem(pixel_values)
+        taps = {}
+        for i, stage in enumerate((v.layer1, v.layer2, v.layer3, v.layer4)):
+            x = stage(x)
+            if i in idx:
+                taps[i] = x.permute(0, 2, 3, 1)
+        patches = x.permute(0, 2, 3, 1)
+        return Features(pooled=v.attnpool(x), patches=patches, grid=tuple(patches.shape[1:3]), layers=taps)
 
     @property
     def logit_scale(self) -> float:  # type: ignore[override]
@@ -117,6 +138,8 @@ class OpenClipEncoder(_ClipBase):
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         v = self.model.visual
         idx = self._layer_indices(layers)
+        if self.is_resnet:
+            return self._forward_resnet(pixel_values, idx)
         grid = (pixel_values.shape[-2] // v.patch_size[0], pixel_values.shape[-1] // v.patch_size[1])
         x = v._embeds(pixel_values)
         with tap_blocks(v.transformer.resblocks, idx) as taps:
@@ -425,6 +448,8 @@ def _hf_config_from_open_clip(model_cfg: dict[str, Any]) -> Any:
     bad = [k for k in unsupported if v.get(k)] + [
         k for k in ("ls_init_value", "proj_bias", "no_causal_mask") if t.get(k)
     ]
+    if isinstance(v.get("layers"), (list, tuple)):
+        bad.append("ResNet image tower")
     if bad or v.get("pool_type", "tok") != "tok" or t.get("pool_type", "argmax") != "argmax" or "timm_model_name" in v:
         raise ValueError(f"this open_clip variant has no transformers CLIPModel equivalent ({bad or 'pooling/tower'})")
     act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
@@ -580,18 +605,27 @@ TINY_OPEN_CLIP_CFG: dict[str, Any] = {
 }
 
 
-def write_tiny_clip(path: Path, backend: str = "open_clip") -> None:
+def write_tiny_clip_resnet(path: Path, backend: str = "open_clip") -> None:
+    """Tiny random CLIP with open_clip's ModifiedResNet image tower (64px, stride 32), open_clip format."""
+    if backend != "open_clip":
+        raise ValueError("the tiny ResNet CLIP is written in open_clip format only")
+    cfg = {**TINY_OPEN_CLIP_CFG, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}}
+    write_tiny_clip(path, backend, model_cfg=cfg)
+
+
+def write_tiny_clip(path: Path, backend: str = "open_clip", *, model_cfg: dict[str, Any] | None = None) -> None:
     """Tiny random CLIP (48px, patch 8, 2+2 layers) in open_clip or transformers format."""
     from safetensors.torch import save_file
 
+    model_cfg = model_cfg or TINY_OPEN_CLIP_CFG
     if backend == "open_clip":
         from open_clip.model import CLIP
 
-        model = CLIP(**TINY_OPEN_CLIP_CFG)
+        model = CLIP(**model_cfg)
         cfg = {
-            "model_cfg": TINY_OPEN_CLIP_CFG,
+            "model_cfg": model_cfg,
             "preprocess_cfg": {
-                "size": 48,
+                "size": int(model_cfg["vision_cfg"]["image_size"]),
                 "mode": "RGB",
                 "mean": list(OPENAI_MEAN),
                 "std": list(OPENAI_STD),

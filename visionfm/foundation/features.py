@@ -23,9 +23,10 @@ class Features:
         grid: ``(h, w)`` of the patch grid.
         cls: ``[B, C]`` class token after the final norm, for families that have one, else ``None``.
         registers: ``[B, R, C]`` register tokens (DINOv2 with registers), else ``None``.
-        layers: requested intermediate taps, ``{block_index: [B, h, w, C_l]}`` raw block outputs
-            (before any final norm) on the patch grid; block indices are 0-based and normalised to
-            non-negative values.
+        layers: requested intermediate taps, ``{block_index: [B, h_l, w_l, C_l]}`` raw block outputs
+            (before any final norm); block indices are 0-based and normalised to non-negative values.
+            Transformers tap on the patch grid (``h_l, w_l == grid``); CNN towers (open_clip's ResNet) tap
+            each stage on its own, finer grid.
     """
 
     pooled: torch.Tensor

@@ -24,14 +24,30 @@ from .recipes import register_task
 logger = logging.getLogger(__name__)
 
 
+_GREY_TEMPLATES = ("a {}", "a photo of {}", "a black and white photo of {}", "{}")
+
+
+def _shapes_phrase(shapes: list[str]) -> str:
+    items = [("an " if s[0] in "aeiou" else "a ") + s for s in shapes]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 class ToyCaptionDataset(Dataset):
     """Toyworld scenes as ``(pixels [3, S, S] float, token ids [context_length])`` pairs.
 
     One of each scene's captions is picked per epoch, deterministically from ``(seed, index, epoch)``.
+    With probability ``grayscale_prob`` the image is turned grey and paired with a caption that names
+    the shapes only (colour words would be false), which pushes the image tower to see shape apart from
+    colour — the augmentation that lets held-out colour-shape pairs be recognised (docs/toyworld.md).
     """
 
-    def __init__(self, world: Any, tokenizer: Any, preprocess: PreprocessConfig, seed: int = 0) -> None:
+    def __init__(
+        self, world: Any, tokenizer: Any, preprocess: PreprocessConfig, seed: int = 0, grayscale_prob: float = 0.0
+    ) -> None:
+        if not 0.0 <= grayscale_prob <= 1.0:
+            raise ValueError(f"data.grayscale_prob must be in [0, 1], got {grayscale_prob}")
         self.world, self.tokenizer, self.pp, self.seed = world, tokenizer, preprocess, seed
+        self.grayscale_prob = grayscale_prob
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -45,7 +61,14 @@ class ToyCaptionDataset(Dataset):
         scene = self.world[i]
         rng = np.random.default_rng([self.seed, i, self.epoch])
         caption = scene.captions[int(rng.integers(len(scene.captions)))]
-        img = torch.from_numpy(scene.image).permute(2, 0, 1).contiguous()
+        image = scene.image
+        if rng.random() < self.grayscale_prob:
+            grey = (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
+            image = np.repeat(grey[..., None], 3, axis=-1)
+            order = rng.permutation(len(scene.objects))
+            phrase = _shapes_phrase([scene.objects[k].shape for k in order])
+            caption = _GREY_TEMPLATES[int(rng.integers(len(_GREY_TEMPLATES)))].format(phrase)
+        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
         pixels, _ = preprocess_uint8([img], self.pp)
         return pixels[0], self.tokenizer([caption])[0]
 
@@ -73,6 +96,7 @@ def run(recipe: dict[str, Any]) -> Path:
 
     model_cfg = dict(recipe["model"])
     data_cfg = dict(recipe.get("data", {}))
+    grayscale_prob = float(data_cfg.pop("grayscale_prob", 0.0))
     if data_cfg.pop("source", "toyworld") != "toyworld":
         raise ValueError("clip_pretrain supports data.source: toyworld")
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
@@ -89,7 +113,9 @@ def run(recipe: dict[str, Any]) -> Path:
     (out / "open_clip_config.json").write_text(json.dumps(config_json, indent=2))
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     world = ToyWorld(**data_cfg)
-    dataset = ToyCaptionDataset(world, tokenizer, PreprocessConfig.from_open_clip(pp_cfg), seed=train_cfg.seed)
+    dataset = ToyCaptionDataset(
+        world, tokenizer, PreprocessConfig.from_open_clip(pp_cfg), seed=train_cfg.seed, grayscale_prob=grayscale_prob
+    )
     clip_loss = ClipLoss()
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
