@@ -10,19 +10,9 @@ from PIL import Image
 
 import visionfm as vfm
 from visionfm.demo import ensure_toy_clip, evaluate, run_demo, toy_clip_dir
+from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
 
-TINY = [
-    "model.embed_dim=32",
-    "model.vision_cfg.width=4",
-    "model.text_cfg.width=32",
-    "model.text_cfg.heads=1",
-    "model.text_cfg.layers=1",
-    "data.num_scenes=64",
-    "train.max_steps=2",
-    "train.batch_size=16",
-    "train.num_workers=0",
-    "train.progress=false",
-]
+TINY = list(TINY_TOY_CLIP_OVERRIDES)
 
 # The issue aimed at >= 0.90 (shape) and >= 0.70 (colour+shape) on held-out compositions; the shipped recipe
 # does not reach them (docs/toyworld.md has the measured numbers and why). These floors guard what it does

@@ -39,6 +39,23 @@ _WRITERS = {
 }
 
 
+#: Recipe overrides that shrink ``recipes/toyworld_clip.yaml`` to a seconds-long run (tests, smoke checks).
+TINY_TOY_CLIP_OVERRIDES: tuple[str, ...] = (
+    "model.embed_dim=32",
+    "model.vision_cfg.width=4",
+    "model.text_cfg.width=32",
+    "model.text_cfg.heads=1",
+    "model.text_cfg.layers=1",
+    "data.num_scenes=64",
+    "train.max_steps=4",
+    "train.batch_size=16",
+    "train.save_every=2",
+    "train.log_every=1",
+    "train.num_workers=0",
+    "train.progress=false",
+)
+
+
 def tiny_kinds() -> list[str]:
     """The kinds :func:`tiny_checkpoint` can write."""
     return sorted(_WRITERS)

@@ -8,22 +8,10 @@ import torch
 
 import visionfm as vfm
 from visionfm.cli import main
+from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
 from visionfm.training.recipes import apply_overrides, load_recipe, recipe_hash, run_recipe
 
-TINY = [
-    "model.embed_dim=32",
-    "model.vision_cfg.width=4",
-    "model.text_cfg.width=32",
-    "model.text_cfg.heads=1",
-    "model.text_cfg.layers=1",
-    "data.num_scenes=64",
-    "train.max_steps=4",
-    "train.batch_size=16",
-    "train.save_every=2",
-    "train.log_every=1",
-    "train.num_workers=0",
-    "train.progress=false",
-]
+TINY = list(TINY_TOY_CLIP_OVERRIDES)
 
 
 def test_builtin_recipe_loads_and_overrides():
