@@ -49,7 +49,8 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, monkeypatch):
 
 def test_toyworld_clip_alias_before_training(tmp_path, monkeypatch):
     spec = [m for m in vfm.list_models("clip") if m.name == "toyworld-clip"][0]
-    assert spec.source == str(toy_clip_dir())
+    monkeypatch.setenv("VISIONFM_CACHE", str(tmp_path))  # the alias follows the cache at load time
+    assert spec.locate() == str(toy_clip_dir()) and str(tmp_path) in spec.locate()
     if not toy_clip_dir().exists():
         with pytest.raises(OSError, match="does not exist yet.*visionfm demo"):
             vfm.load_encoder("toyworld-clip")

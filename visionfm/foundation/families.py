@@ -12,6 +12,7 @@ def _register_toy_clip() -> None:
             name="toyworld-clip",
             family="clip",
             source=str(toy_clip_dir()),
+            locate=lambda: str(toy_clip_dir()),
             backend="open_clip",
             description="tiny CLIP trained from scratch on toyworld by `visionfm demo` (local cache)",
         )

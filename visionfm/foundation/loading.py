@@ -195,7 +195,7 @@ def _resolve(
     name: str, spec: ModelSpec | None, *, allow_pickle: bool, revision: str | None, cache_dir: Any, local_only: Any
 ) -> tuple[Path, dict[str, Any]]:
     """Map a source string to a local directory plus source hints."""
-    source = spec.source if spec else name
+    source = (spec.locate() if spec.locate else spec.source) if spec else name
     path = Path(os.path.expanduser(source))
     if path.is_dir():
         return path, {}

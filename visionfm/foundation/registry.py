@@ -72,6 +72,9 @@ class ModelSpec:
         backend: backend to build with; ``None`` picks the family default for the source.
         options: default family options for this checkpoint (overridable in ``load_encoder``).
         description: one line for ``visionfm models``.
+        locate: optional ``() -> str`` that computes the source when the model is loaded, for sources that
+            depend on the environment (a local cache under ``$VISIONFM_CACHE``); ``source`` is then what
+            it gave at registration, for display.
     """
 
     name: str
@@ -80,6 +83,7 @@ class ModelSpec:
     backend: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    locate: Callable[[], str] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
