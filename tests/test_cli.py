@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import visionfm as vfm
 from visionfm.cli import main
 from visionfm.testing import tiny_checkpoint
@@ -41,3 +43,23 @@ def test_convert_and_info(tmp_path, tiny_root, capsys):
     assert "transformers" in capsys.readouterr().out
     assert main(["info", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_run_zero_shot_classification(tmp_path, tiny_root, photos, capsys):
+    import json
+
+    from PIL import Image
+
+    paths = []
+    for i, p in enumerate(photos[:2]):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(p).save(paths[-1])
+    model = str(tiny_checkpoint("clip", "open_clip", root=tiny_root))
+    args = ["run", "zero-shot-classification", *paths, "--model", model, "--labels", "cat", "dog", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["image", "label", "score"] and paths[1] in out
+    records = json.loads((tmp_path / "out" / "zero-shot-classification.json").read_text())
+    assert [r["image"] for r in records] == paths
+    assert sum(d["score"] for d in records[0]["predictions"]) == pytest.approx(1.0, abs=1e-5)
+    assert main(["run", "zero-shot-classification", paths[0], "--model", model, "--device", "cpu"]) == 2

@@ -18,6 +18,7 @@ from .foundation.features import EncoderInfo, Features  # noqa: E402
 from .foundation.loading import load_encoder  # noqa: E402
 from .foundation.preprocess import PreprocessConfig  # noqa: E402
 from .foundation.registry import ModelSpec, list_models, register_family, register_model  # noqa: E402
+from .pipelines.base import pipeline  # noqa: E402
 
 __all__ = [
     "Encoder",
@@ -28,6 +29,7 @@ __all__ = [
     "__version__",
     "list_models",
     "load_encoder",
+    "pipeline",
     "register_family",
     "register_model",
 ]

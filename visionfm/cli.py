@@ -84,6 +84,50 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a pipeline on image files; print a table, optionally write JSON."""
+    import json
+
+    from .pipelines import pipeline
+
+    kw = {"templates": args.templates} if args.task == "zero-shot-classification" and args.templates else {}
+    pipe = pipeline(args.task, model=args.model, device=args.device, batch_size=args.batch_size, **kw)
+    records = []
+    if args.task == "zero-shot-classification":
+        if not args.labels:
+            raise ValueError("zero-shot-classification needs --labels")
+        results = pipe(list(args.images), labels=args.labels, top_k=args.top_k)
+        rows = [
+            [img, r[0]["label"], f"{r[0]['score']:.3f}", ", ".join(f"{d['label']} {d['score']:.2f}" for d in r[1:])]
+            for img, r in zip(args.images, results)
+        ]
+        print(_table(rows, ["image", "label", "score", "next"]))
+        records = [{"image": img, "predictions": r} for img, r in zip(args.images, results)]
+    elif args.task == "feature-extraction":
+        feats = pipe(list(args.images))
+        rows = [
+            [
+                img,
+                str(tuple(feats.pooled[i].shape)),
+                str(tuple(feats.patches[i].shape)),
+                f"{float(feats.pooled[i].float().norm()):.3f}",
+            ]
+            for i, img in enumerate(args.images)
+        ]
+        print(_table(rows, ["image", "pooled", "patches", "|pooled|"]))
+        records = [
+            {"image": img, "pooled": feats.pooled[i].float().cpu().tolist()} for i, img in enumerate(args.images)
+        ]
+    else:
+        raise ValueError(f"visionfm run does not support task {args.task!r} yet")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.task}.json").write_text(json.dumps(records, indent=1))
+        print(f"\nwrote {out / (args.task + '.json')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``visionfm`` command."""
     p = argparse.ArgumentParser(prog="visionfm", description="Vision foundation models behind one feature interface.")
@@ -103,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
     i.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
     i.set_defaults(func=cmd_info)
+    r = sub.add_parser("run", help="run a pipeline on image files (zero-shot-classification, feature-extraction)")
+    r.add_argument("task", choices=["zero-shot-classification", "feature-extraction"])
+    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("--model", required=True, help="alias, hub id, open_clip tag or local directory")
+    r.add_argument("--labels", nargs="*", help="class names (zero-shot-classification)")
+    r.add_argument("--templates", help="template set (single, simple, imagenet80) or one template with {}")
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--out", help="directory for the JSON results")
+    r.set_defaults(func=cmd_run)
     t = sub.add_parser("train", help="run a recipe YAML (e.g. recipes/toyworld_clip.yaml)")
     t.add_argument("recipe", help="recipe path or built-in name")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")

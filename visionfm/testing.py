@@ -106,9 +106,13 @@ def tiny_checkpoint(
     return out
 
 
+#: Bumped whenever a writer changes, so the shared temp cache never serves a stale tiny checkpoint.
+TINY_FORMAT = 2
+
+
 def _version_key() -> str:
     import transformers
 
     import visionfm
 
-    return f"{visionfm.__version__}-tf{transformers.__version__}"
+    return f"{visionfm.__version__}-tf{transformers.__version__}-f{TINY_FORMAT}"

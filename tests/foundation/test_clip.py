@@ -90,7 +90,7 @@ def test_siglip_parity_and_text_padding(siglip_dir, photos):
     feats = enc.encode(photos)
     with torch.no_grad():
         vis = model.vision_model(pixel_values=inputs["pixel_values"])
-        txt = model.get_text_features(input_ids=inputs["input_ids"])
+        txt = model.get_text_features(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")})
     txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
     assert feats.cls is None  # SigLIP has no class token
     torch.testing.assert_close(feats.pooled, vis.pooler_output, atol=ATOL, rtol=0)
@@ -98,7 +98,7 @@ def test_siglip_parity_and_text_padding(siglip_dir, photos):
     torch.testing.assert_close(feats.patches, vis.last_hidden_state.reshape(len(photos), h, w, -1), atol=ATOL, rtol=0)
     torch.testing.assert_close(enc.encode_text(TEXTS), txt, atol=ATOL, rtol=0)
     # SigLIP pools the last position, so unpadded text would give a different (wrong) embedding.
-    short = enc.tokenizer(TEXTS[:1], return_tensors="pt")["input_ids"]
+    short = enc.tokenizer(TEXTS[:1], return_tensors="pt", return_attention_mask=False)["input_ids"]
     with torch.no_grad():
         unpadded = model.get_text_features(input_ids=short)
     unpadded = unpadded if isinstance(unpadded, torch.Tensor) else unpadded.pooler_output

@@ -273,13 +273,12 @@ class HFClipEncoder(_ClipBase):
         )
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Token ids (and attention mask for CLIP). SigLIP is trained on texts padded to max length."""
-        if self.kind == "siglip":
-            enc = self.tokenizer(
-                texts, padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
-            )
-            return {"input_ids": enc["input_ids"].to(self.device)}
-        enc = self.tokenizer(texts, padding=True, max_length=self.text_max_length, truncation=True, return_tensors="pt")
+        """Model text inputs, as the checkpoint's tokenizer declares them (``model_input_names``).
+
+        SigLIP is trained on texts padded to the maximum length, so it is always padded that way.
+        """
+        pad = dict(padding="max_length") if self.kind == "siglip" else dict(padding=True)
+        enc = self.tokenizer(texts, max_length=self.text_max_length, truncation=True, return_tensors="pt", **pad)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
@@ -683,7 +682,7 @@ def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
         minloglevel=2,
     )
     (path / "spiece.model").write_bytes(buf.getvalue())
-    SiglipTokenizer(vocab_file=str(path / "spiece.model"), model_max_length=16).save_pretrained(path)
+    SiglipTokenizer(vocab_file=str(path / "spiece.model"), model_max_length=64).save_pretrained(path)
     cfg = SiglipConfig(
         text_config=dict(
             vocab_size=64,
@@ -691,7 +690,7 @@ def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
-            max_position_embeddings=16,
+            max_position_embeddings=64,
             pad_token_id=1,
             bos_token_id=None,
             eos_token_id=1,

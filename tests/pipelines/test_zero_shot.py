@@ -1,0 +1,120 @@
+"""Zero-shot classification and feature extraction pipelines: parity with transformers, caching, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import visionfm as vfm
+from visionfm.testing import tiny_checkpoint
+
+LABELS = ["a cat", "a dog", "an astronaut", "a cup of coffee", "a camera"]
+HF_TEMPLATE = "This is a photo of {}."  # transformers' default hypothesis_template
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tiny_root):
+    return tiny_checkpoint("clip", "transformers", root=tiny_root)
+
+
+@pytest.fixture(scope="module")
+def siglip(tiny_root):
+    return tiny_checkpoint("siglip", root=tiny_root)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_parity_with_transformers_pipeline(kind, hf_clip, siglip, photos):
+    from transformers import pipeline as hf_pipeline
+
+    path = hf_clip if kind == "clip" else siglip
+    ours = vfm.pipeline("zero-shot-classification", model=str(path), device="cpu", templates=HF_TEMPLATE)
+    ref = hf_pipeline("zero-shot-image-classification", model=str(path), device="cpu")
+    got = ours(photos, labels=LABELS)
+    want = ref([Image.fromarray(p) for p in photos], candidate_labels=LABELS, hypothesis_template=HF_TEMPLATE)
+    for g, w in zip(got, want):
+        g_scores = {d["label"]: d["score"] for d in g}
+        for d in w:
+            assert g_scores[d["label"]] == pytest.approx(d["score"], abs=1e-5)
+        assert [d["label"] for d in g] == sorted(g_scores, key=g_scores.get, reverse=True)
+
+
+def test_text_embeddings_computed_once_per_label_set(hf_clip, photos, monkeypatch):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu", templates="simple")
+    calls = []
+    real = clf.encoder.encode_text
+    monkeypatch.setattr(
+        clf.encoder, "encode_text", lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1]
+    )
+    a = clf(photos, labels=LABELS)
+    b = clf(photos[:1], labels=LABELS)
+    assert calls == [len(LABELS) * 7]  # one text pass (7 simple templates), reused by the second call
+    assert [d["label"] for d in a[0]] == [d["label"] for d in b[0]]
+    assert [d["score"] for d in a[0]] == pytest.approx([d["score"] for d in b[0]], abs=1e-6)
+    clf(photos[:1], labels=LABELS[:2])
+    assert len(calls) == 2
+
+
+def test_templates_sets_dicts_and_errors(hf_clip, photos):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    assert len(clf(photos[0], labels=LABELS, templates="imagenet80")) == len(LABELS)
+    per_class = {label: [f"a photo of {label}", f"{label}"] for label in LABELS}
+    res = clf(photos[0], labels=LABELS, templates=per_class, top_k=2)
+    assert len(res) == 2 and res[0]["score"] >= res[1]["score"]
+    with pytest.raises(ValueError, match="contain"):
+        clf(photos[0], labels=LABELS, templates=["no placeholder"])
+    with pytest.raises(ValueError, match="unknown template set"):
+        clf(photos[0], labels=LABELS, templates="imagenet81")
+    with pytest.raises(ValueError, match="needs labels"):
+        clf(photos[0])
+    with pytest.raises(ValueError, match="multi_label"):
+        clf(photos[0], labels=LABELS, multi_label=True)
+    with pytest.raises(ValueError, match="unknown pipeline task.*zero-shot-classification"):
+        vfm.pipeline("zero-shot-clasification", model=clf.encoder)
+
+
+def test_siglip_multi_label_scores_are_independent(siglip, photos):
+    clf = vfm.pipeline("zero-shot-classification", model=str(siglip), device="cpu")
+    a = {d["label"]: d["score"] for d in clf(photos[0], labels=LABELS, multi_label=True)}
+    b = {d["label"]: d["score"] for d in clf(photos[0], labels=LABELS[:2], multi_label=True)}
+    assert b[LABELS[0]] == pytest.approx(a[LABELS[0]], abs=1e-6)  # adding labels does not change a score
+
+
+def test_classifier_file_roundtrip(hf_clip, photos, tmp_path):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu", templates="simple")
+    path = clf.save_classifier(tmp_path / "pets.safetensors", LABELS)
+    fresh = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    got, want = fresh(photos, classifier=path), clf(photos, labels=LABELS)
+    for g, w in zip(got, want):
+        assert [d["label"] for d in g] == [d["label"] for d in w]
+        assert [d["score"] for d in g] == pytest.approx([d["score"] for d in w], abs=1e-6)
+
+
+def test_feature_extraction_matches_encoder(tiny_root, photos):
+    path = tiny_checkpoint("dinov2", root=tiny_root)
+    fx = vfm.pipeline("feature-extraction", model=str(path), device="cpu", batch_size=2)
+    enc = fx.encoder
+    feats = fx(photos, layers=[0])
+    ref = enc.encode(photos, layers=[0])
+    torch.testing.assert_close(feats.pooled, ref.pooled)
+    rows = fx(photos, output="numpy")
+    assert len(rows) == len(photos) and rows[1]["patches"].shape == tuple(ref.patches.shape[1:])
+    one = fx(photos[0], output="numpy")
+    assert one["pooled"].shape == (enc.info.embed_dim,)
+
+
+@pytest.mark.slow
+def test_toyworld_clip_through_the_pipeline_matches_the_reported_accuracy():
+    """The pipeline's top-1 on held-out compositions equals the demo's reported number (docs/toyworld.md)."""
+    from visionfm.data.toyworld import ToyWorld, class_names
+    from visionfm.demo import TEMPLATES, ensure_toy_clip, evaluate
+
+    enc = vfm.load_encoder(ensure_toy_clip(), device="cpu")
+    reported = evaluate(enc, num=600)[0][0]
+    assert (reported.task, reported.images) == ("colour+shape", "heldout compositions")
+    world = ToyWorld("heldout", 600, image_size=64, seed=1234, min_objects=1, max_objects=1)
+    scenes = [world[i] for i in range(len(world))]
+    clf = vfm.pipeline("zero-shot-classification", model=enc, templates=list(TEMPLATES), batch_size=128)
+    preds = clf([s.image for s in scenes], labels=class_names("colour_shape"), top_k=1)
+    top1 = sum(p[0]["label"] == s.label_name("colour_shape") for p, s in zip(preds, scenes)) / len(scenes)
+    assert top1 == pytest.approx(reported.top1, abs=1e-9)

@@ -1,0 +1,136 @@
+"""``pipeline(task, model=...)``: the factory, the task registry and the shared input handling."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ..foundation.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+_TASKS: dict[str, type[Pipeline]] = {}
+
+
+def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
+    """Class decorator registering a pipeline for ``task``; a duplicate raises."""
+
+    def deco(cls: type[Pipeline]) -> type[Pipeline]:
+        if task in _TASKS:
+            raise ValueError(f"pipeline task {task!r} is already registered ({_TASKS[task].__name__})")
+        _TASKS[task] = cls
+        cls.task = task
+        return cls
+
+    return deco
+
+
+def pipeline_tasks() -> list[str]:
+    """The registered task names."""
+    _ensure_builtins()
+    return sorted(_TASKS)
+
+
+def pipeline(
+    task: str,
+    model: str | Encoder | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 32,
+    **kwargs: Any,
+) -> Pipeline:
+    """Build a task pipeline around an encoder.
+
+    Args:
+        task: one of :func:`pipeline_tasks` (``"zero-shot-classification"``, ``"feature-extraction"``, ...).
+        model: an :class:`Encoder`, or anything ``load_encoder`` accepts; default: the task's default model.
+        device: where to run (``"auto"``: CUDA when available).
+        dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        batch_size: images per forward pass.
+        **kwargs: task options (e.g. ``templates=`` for zero-shot classification) and ``load_encoder`` options.
+
+    Returns:
+        A pipeline with one ``__call__`` over an image or a batch.
+    """
+    _ensure_builtins()
+    if task not in _TASKS:
+        hint = difflib.get_close_matches(task, list(_TASKS), n=2)
+        raise ValueError(
+            f"unknown pipeline task {task!r}; known tasks: {sorted(_TASKS)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    cls = _TASKS[task]
+    if isinstance(model, Encoder):
+        encoder = model
+    else:
+        from ..foundation.loading import load_encoder
+
+        name = model or cls.default_model
+        load_kw = {
+            k: kwargs.pop(k)
+            for k in list(kwargs)
+            if k in ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend")
+        }
+        encoder = load_encoder(name, device=device, dtype=dtype, **load_kw)
+    return cls(encoder, batch_size=batch_size, **kwargs)
+
+
+class Pipeline:
+    """Base class: holds the encoder, normalises inputs, runs under ``torch.inference_mode``.
+
+    Subclasses implement :meth:`_run` on a list of images and return one result per image; ``__call__``
+    returns a single result for a single image and a list for a batch.
+    """
+
+    task: str = ""
+    default_model: str = ""
+
+    def __init__(self, encoder: Encoder, *, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.encoder = encoder
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(task={self.task!r}, model={self.encoder.info.name!r}, batch_size={self.batch_size})"
+        )
+
+    @staticmethod
+    def _as_batch(images: Any) -> tuple[list[Any], bool]:
+        """``(items, single)``: one image becomes a one-item batch; lists, generators, arrays and HF
+        ``datasets`` columns become lists."""
+        from ..data.images import as_image_list
+
+        single = not isinstance(images, (list, tuple)) and not _is_batch_like(images)
+        return as_image_list(images), single
+
+    def __call__(self, images: Any, **kwargs: Any) -> Any:
+        items, single = self._as_batch(images)
+        if not items:
+            raise ValueError(f"{self.task}: got no images")
+        with torch.inference_mode():
+            out = self._run(items, **kwargs)
+        return out[0] if single else out
+
+    def _run(self, images: list[Any], **kwargs: Any) -> list[Any]:
+        raise NotImplementedError
+
+
+def _is_batch_like(x: Any) -> bool:
+    import numpy as np
+
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return x.ndim == 4
+    if isinstance(x, (str, bytes)) or hasattr(x, "read") or hasattr(x, "getpixel"):
+        return False
+    return isinstance(x, Iterable) and not hasattr(x, "shape")
+
+
+def _ensure_builtins() -> None:
+    from . import feature_extraction, zero_shot  # noqa: F401
