@@ -1,0 +1,176 @@
+"""``pipeline("mask-generation")``: SAM masks from point / box prompts, the image embedding computed once.
+
+``sam(image, points=[[x, y]], point_labels=[1])`` or ``sam(image, boxes=[[x0, y0, x1, y1]])``; coordinates are
+pixels of the original image (x right, y down), boxes xyxy. Each row of ``points``/``boxes`` is one prompt
+and gives one mask; all prompts of an image run through the mask decoder in one batch. The image
+embedding is cached (keyed by the image's pixels), so prompting the same image again skips the encoder,
+as in segment-anything's ``set_image`` / ``predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..foundation.encoder import Encoder
+from .base import Pipeline, register_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MaskResult:
+    """Masks for one image.
+
+    Attributes:
+        masks: bool ``[N, H, W]`` at the original image size, one per prompt.
+        scores: ``[N]`` the decoder's predicted IoU of each mask.
+        boxes: float ``[N, 4]`` xyxy pixel box of each mask (zeros for an empty mask).
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: masks as COCO uncompressed RLE, scores and xyxy boxes as lists."""
+        from ..data.toyworld import scene_to_coco_rle
+
+        return {
+            "masks": [scene_to_coco_rle(m.cpu().numpy()) for m in self.masks],
+            "scores": [float(s) for s in self.scores],
+            "boxes": [[float(v) for v in b] for b in self.boxes],
+        }
+
+    def overlay(self, image: Any, alpha: float = 0.5) -> Any:
+        """The image with each mask tinted in its own colour and its box outlined (a PIL image)."""
+        from PIL import Image, ImageDraw
+
+        from ..data.images import to_uint8_chw
+
+        base = to_uint8_chw(image).permute(1, 2, 0).numpy().astype(np.float32)
+        rng = np.random.default_rng(0)
+        for m in self.masks.cpu().numpy():
+            colour = rng.integers(40, 256, 3).astype(np.float32)
+            base[m] = (1 - alpha) * base[m] + alpha * colour
+        out = Image.fromarray(base.round().clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(out)
+        for b in self.boxes.tolist():
+            if b[2] > b[0]:
+                draw.rectangle(b, outline=(255, 255, 255))
+        return out
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xyxy boxes ``[N, 4]`` enclosing bool masks ``[N, H, W]`` (x2, y2 exclusive); zeros for empty masks."""
+    n = masks.shape[0]
+    out = torch.zeros(n, 4, dtype=torch.float32)
+    for i in range(n):
+        ys, xs = torch.nonzero(masks[i], as_tuple=True)
+        if len(xs):
+            out[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    return out
+
+
+@register_pipeline("mask-generation")
+class MaskGenerationPipeline(Pipeline):
+    """Promptable SAM masks. See the module docstring for the prompt format."""
+
+    default_model = "sam-vit-base"
+
+    def __init__(self, encoder: Encoder, *, batch_size: int = 32, cache_size: int = 8) -> None:
+        super().__init__(encoder, batch_size=batch_size)
+        if encoder.info.family != "sam":
+            raise TypeError(f"mask-generation needs a SAM encoder, got family {encoder.info.family!r}")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = OrderedDict()
+        self.encoder_calls = 0  # how many images went through the image encoder (the cache saves the rest)
+
+    # -- image embeddings --------------------------------------------------------------------------
+    def embed(self, image: Any) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """``(embedding [1, C, h, w], original (H, W), resized (h, w))`` for one image, cached by its pixels."""
+        from ..data.images import to_uint8_chw
+
+        pixels = to_uint8_chw(image)
+        key = hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).hexdigest() + str(tuple(pixels.shape))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        x, original, resized = self.encoder.preprocess_with_sizes([pixels])
+        emb = self.encoder(x).patches.permute(0, 3, 1, 2).contiguous()
+        self.encoder_calls += 1
+        entry = (emb, original[0], resized[0])
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    # -- prompting -------------------------------------------------------------------------------
+    def _run(
+        self,
+        images: list[Any],
+        *,
+        points: Any = None,
+        point_labels: Any = None,
+        boxes: Any = None,
+        multimask_output: bool = False,
+        mask_threshold: float = 0.0,
+    ) -> list[MaskResult]:
+        if points is None and boxes is None:
+            raise ValueError("mask-generation needs points=[[x, y], ...] or boxes=[[x0, y0, x1, y1], ...]")
+        return [self._prompt(img, points, point_labels, boxes, multimask_output, mask_threshold) for img in images]
+
+    def _prompt(self, image, points, point_labels, boxes, multimask, threshold) -> MaskResult:
+        emb, (H, W), (h, w) = self.embed(image)
+        dev = emb.device
+        sx, sy = w / W, h / H
+        kw: dict[str, Any] = {}
+        n = None
+        if points is not None:
+            pts = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float32)
+            if pts.ndim == 2:
+                pts = pts[:, None, :]  # [N, 1, 2]: one point per prompt
+            if pts.ndim != 3 or pts.shape[-1] != 2:
+                raise ValueError(f"points must be [N, 2] or [N, P, 2] pixel (x, y), got shape {tuple(pts.shape)}")
+            labels = (
+                torch.ones(pts.shape[:2], dtype=torch.long)
+                if point_labels is None
+                else torch.as_tensor(np.asarray(point_labels), dtype=torch.long)
+            )
+            if labels.ndim == 1 and pts.shape[1] == 1:
+                labels = labels[:, None]
+            if tuple(labels.shape) != tuple(pts.shape[:2]):
+                raise ValueError(
+                    f"point_labels shape {tuple(labels.shape)} does not match points {tuple(pts.shape[:2])}"
+                )
+            pts = pts * torch.tensor([sx, sy])
+            kw.update(input_points=pts[None].to(dev), input_labels=labels[None].to(dev))
+            n = pts.shape[0]
+        if boxes is not None:
+            bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64), dtype=torch.float32).reshape(-1, 4)
+            if n is not None and bx.shape[0] != n:
+                raise ValueError(f"{bx.shape[0]} boxes and {n} point prompts: give one box per prompt")
+            kw["input_boxes"] = (bx * torch.tensor([sx, sy, sx, sy]))[None].to(dev)
+            n = bx.shape[0]
+        model = self.encoder.model
+        out = model(image_embeddings=emb.to(self.encoder.dtype), multimask_output=multimask, **kw)
+        low = out.pred_masks[0].float()  # [N, M, h', w']
+        iou = out.iou_scores[0].float()  # [N, M]
+        if multimask:  # keep each prompt's best of the three candidates
+            best = iou.argmax(-1)
+            low = low[torch.arange(n), best][:, None]
+            iou = iou[torch.arange(n), best][:, None]
+        pad = self.encoder.info.image_size
+        up = F.interpolate(low, pad, mode="bilinear", align_corners=False)[..., :h, :w]
+        masks = (F.interpolate(up, (H, W), mode="bilinear", align_corners=False) > threshold)[:, 0].cpu()
+        return MaskResult(masks=masks, scores=iou[:, 0].cpu(), boxes=masks_to_boxes(masks))
