@@ -80,11 +80,56 @@ def test_outputs_are_json_and_drawable(sam, photos):
 
 
 def test_bad_prompts_are_clear(sam, photos):
-    with pytest.raises(ValueError, match="needs points"):
-        sam(photos[0])
+    with pytest.raises(ValueError, match="apply to automatic mask generation"):
+        sam(photos[0], points=[[1, 2]], points_per_side=4)
     with pytest.raises(ValueError, match=r"points must be \[N, 2\]"):
         sam(photos[0], points=[1, 2, 3])
     with pytest.raises(ValueError, match="point_labels shape"):
         sam(photos[0], points=[[1, 2], [3, 4]], point_labels=[1])
     with pytest.raises(TypeError, match="needs a SAM encoder"):
         vfm.pipeline("mask-generation", model=vfm.load_encoder(tiny_checkpoint("dinov2"), device="cpu"))
+
+
+def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    inter = (a & b).sum().item()
+    union = (a | b).sum().item()
+    return inter / union if union else 1.0
+
+
+@pytest.mark.parametrize("image_index", [0, 1])
+def test_automatic_masks_match_transformers_pipeline(sam_dir, photos, image_index):
+    from transformers import pipeline as hf_pipeline
+
+    img = photos[image_index]
+    opts = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)  # a random tiny SAM is neither confident nor stable
+    ours = vfm.pipeline("mask-generation", model=str(sam_dir), device="cpu")
+    got = ours(img, points_per_side=8, points_per_batch=16, **opts)
+    ref = hf_pipeline("mask-generation", model=str(sam_dir), device="cpu")
+    want = ref(Image.fromarray(img), points_per_crop=8, points_per_batch=16, **opts)
+    ref_masks = [torch.as_tensor(np.asarray(m)).bool() for m in want["masks"]]
+    assert len(got) == len(ref_masks) > 0
+    for m in got.masks:  # every mask of ours has its twin in theirs
+        assert max(_mask_iou(m, r) for r in ref_masks) >= 0.98
+    for r in ref_masks:
+        assert max(_mask_iou(m, r) for m in got.masks) >= 0.98
+
+
+def test_automatic_masks_for_a_batch(sam_dir, photos):
+    sam = vfm.pipeline("mask-generation", model=str(sam_dir), device="cpu", batch_size=4)
+    opts = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.3)
+    batch = sam(photos[:3], **opts)
+    assert len(batch) == 3
+    for img, res in zip(photos[:3], batch):
+        alone = sam(img, **opts)
+        assert torch.equal(alone.masks, res.masks) and res.masks.shape[1:] == img.shape[:2]
+
+
+def test_stability_score_matches_transformers():
+    from transformers.models.sam.image_processing_sam import _compute_stability_score
+
+    from visionfm.pipelines.mask_generation import stability_score
+
+    logits = torch.randn(6, 40, 50) * 3 + torch.linspace(-4, 4, 50)
+    torch.testing.assert_close(stability_score(logits, 0.0, 1.0), _compute_stability_score(logits, 0.0, 1.0).float())
+    sharp = torch.where(torch.rand(40, 50) > 0.5, 10.0, -10.0)[None]
+    assert stability_score(sharp).item() == 1.0  # a confident mask does not move with the threshold

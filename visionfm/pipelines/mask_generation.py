@@ -1,10 +1,11 @@
-"""``pipeline("mask-generation")``: SAM masks from point / box prompts, the image embedding computed once.
+"""``pipeline("mask-generation")``: SAM masks from point / box prompts, or automatic masks from a point grid.
 
 ``sam(image, points=[[x, y]], point_labels=[1])`` or ``sam(image, boxes=[[x0, y0, x1, y1]])``; coordinates are
 pixels of the original image (x right, y down), boxes xyxy. Each row of ``points``/``boxes`` is one prompt
 and gives one mask; all prompts of an image run through the mask decoder in one batch. The image
 embedding is cached (keyed by the image's pixels), so prompting the same image again skips the encoder,
-as in segment-anything's ``set_image`` / ``predict``.
+as in segment-anything's ``set_image`` / ``predict``. Without prompts, ``sam(image)`` generates masks for
+the whole image (:meth:`MaskGenerationPipeline.generate`); a list of images works with any ``batch_size``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """SAM's stability score of mask logits ``[N, H, W]``: IoU of the masks thresholded at
+    ``threshold + offset`` and ``threshold - offset`` (``[N]``, in [0, 1])."""
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
+    return inter / union.clamp(min=1)
+
+
 @register_pipeline("mask-generation")
 class MaskGenerationPipeline(Pipeline):
     """Promptable SAM masks. See the module docstring for the prompt format."""
@@ -125,10 +134,78 @@ class MaskGenerationPipeline(Pipeline):
         boxes: Any = None,
         multimask_output: bool = False,
         mask_threshold: float = 0.0,
+        **auto: Any,
     ) -> list[MaskResult]:
         if points is None and boxes is None:
-            raise ValueError("mask-generation needs points=[[x, y], ...] or boxes=[[x0, y0, x1, y1], ...]")
+            return [self.generate(img, **auto) for img in images]
+        if auto:
+            raise ValueError(f"options {sorted(auto)} apply to automatic mask generation (no points/boxes)")
         return [self._prompt(img, points, point_labels, boxes, multimask_output, mask_threshold) for img in images]
+
+    def generate(
+        self,
+        image: Any,
+        *,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        nms_thresh: float = 0.7,
+    ) -> MaskResult:
+        """Automatic masks: prompt a ``points_per_side``² grid, keep confident and stable masks, then NMS.
+
+        The same grid, thresholds and order as transformers' ``mask-generation`` pipeline (single crop), but
+        masks failing the IoU threshold are dropped before the costly upsampling to full resolution, and
+        the image embedding comes from the cache.
+
+        Returns:
+            ``MaskResult`` sorted by predicted IoU, best first.
+        """
+        from torchvision.ops import batched_nms
+
+        if points_per_side < 1 or points_per_batch < 1:
+            raise ValueError("points_per_side and points_per_batch must be >= 1")
+        emb, (H, W), (h, w) = self.embed(image)
+        off = 1.0 / (2 * points_per_side)
+        axis = torch.linspace(off, 1 - off, points_per_side)
+        grid = torch.stack(
+            [axis[None, :].expand(points_per_side, -1), axis[:, None].expand(-1, points_per_side)], -1
+        ).reshape(-1, 2)
+        pts = grid * torch.tensor([W, H]) * torch.tensor([w / W, h / H])  # original pixels -> model input pixels
+        pad = self.encoder.info.image_size
+        kept_masks, kept_scores, kept_boxes = [], [], []
+        for i in range(0, len(pts), points_per_batch):
+            chunk = pts[i : i + points_per_batch]
+            n = len(chunk)
+            out = self.encoder.model(
+                image_embeddings=emb.to(self.encoder.dtype),
+                input_points=chunk[None, :, None, :].to(emb.device),
+                input_labels=torch.ones(1, n, 1, dtype=torch.long, device=emb.device),
+                multimask_output=True,
+            )
+            low = out.pred_masks[0].float().flatten(0, 1)  # [n*3, h', w']
+            iou = out.iou_scores[0].float().flatten()
+            keep = iou > pred_iou_thresh if pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            if not keep.any():
+                continue
+            low, iou = low[keep], iou[keep]
+            up = F.interpolate(low[:, None], pad, mode="bilinear", align_corners=False)[..., :h, :w]
+            logits = F.interpolate(up, (H, W), mode="bilinear", align_corners=False)[:, 0]
+            if stability_score_thresh > 0:
+                stable = stability_score(logits, mask_threshold, stability_score_offset) > stability_score_thresh
+                logits, iou = logits[stable], iou[stable]
+            masks = (logits > mask_threshold).cpu()
+            kept_masks.append(masks)
+            kept_scores.append(iou.cpu())
+            kept_boxes.append(masks_to_boxes(masks))
+        if not kept_masks:
+            empty = torch.zeros(0, H, W, dtype=torch.bool)
+            return MaskResult(masks=empty, scores=torch.zeros(0), boxes=torch.zeros(0, 4))
+        masks, scores, boxes = torch.cat(kept_masks), torch.cat(kept_scores), torch.cat(kept_boxes)
+        order = batched_nms(boxes, scores, torch.zeros(len(boxes)), nms_thresh)  # sorted by score
+        return MaskResult(masks=masks[order], scores=scores[order], boxes=boxes[order])
 
     def _prompt(self, image, points, point_labels, boxes, multimask, threshold) -> MaskResult:
         emb, (H, W), (h, w) = self.embed(image)
