@@ -63,3 +63,19 @@ def test_run_zero_shot_classification(tmp_path, tiny_root, photos, capsys):
     assert [r["image"] for r in records] == paths
     assert sum(d["score"] for d in records[0]["predictions"]) == pytest.approx(1.0, abs=1e-5)
     assert main(["run", "zero-shot-classification", paths[0], "--model", model, "--device", "cpu"]) == 2
+
+
+def test_run_mask_generation_writes_overlay_and_rle(tmp_path, tiny_root, photos, capsys):
+    import json
+
+    from PIL import Image
+
+    path = str(tmp_path / "astronaut.png")
+    Image.fromarray(photos[0]).save(path)
+    model = str(tiny_checkpoint("sam", root=tiny_root))
+    args = ["run", "mask-generation", path, "--model", model, "--points-per-side", "4", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["image", "masks", "best", "IoU"]
+    records = json.loads((tmp_path / "out" / "mask-generation.json").read_text())
+    assert records[0]["image"] == path and len(records[0]["masks"]) == len(records[0]["scores"])
+    assert Image.open(tmp_path / "out" / "astronaut_masks.png").size == (photos[0].shape[1], photos[0].shape[0])

@@ -118,8 +118,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         records = [
             {"image": img, "pooled": feats.pooled[i].float().cpu().tolist()} for i, img in enumerate(args.images)
         ]
+    elif args.task == "mask-generation":
+        results = pipe(list(args.images), points_per_side=args.points_per_side)
+        rows = [
+            [img, str(len(r)), f"{float(r.scores.max()):.3f}" if len(r) else "-"]
+            for img, r in zip(args.images, results)
+        ]
+        print(_table(rows, ["image", "masks", "best IoU"]))
+        records = [{"image": img, **r.to_dict()} for img, r in zip(args.images, results)]
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for img, r in zip(args.images, results):
+                r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_masks.png")
     else:
-        raise ValueError(f"visionfm run does not support task {args.task!r} yet")
+        raise ValueError(f"visionfm run does not support task {args.task!r}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -147,13 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
     i.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
     i.set_defaults(func=cmd_info)
-    r = sub.add_parser("run", help="run a pipeline on image files (zero-shot-classification, feature-extraction)")
-    r.add_argument("task", choices=["zero-shot-classification", "feature-extraction"])
+    r = sub.add_parser(
+        "run", help="run a pipeline on image files (zero-shot-classification, feature-extraction, mask-generation)"
+    )
+    r.add_argument("task", choices=["zero-shot-classification", "feature-extraction", "mask-generation"])
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--model", required=True, help="alias, hub id, open_clip tag or local directory")
     r.add_argument("--labels", nargs="*", help="class names (zero-shot-classification)")
     r.add_argument("--templates", help="template set (single, simple, imagenet80) or one template with {}")
     r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--device", default="auto")
     r.add_argument("--out", help="directory for the JSON results")
