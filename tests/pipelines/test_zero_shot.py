@@ -118,3 +118,14 @@ def test_toyworld_clip_through_the_pipeline_matches_the_reported_accuracy():
     preds = clf([s.image for s in scenes], labels=class_names("colour_shape"), top_k=1)
     top1 = sum(p[0]["label"] == s.label_name("colour_shape") for p, s in zip(preds, scenes)) / len(scenes)
     assert top1 == pytest.approx(reported.top1, abs=1e-9)
+
+
+def test_accepts_a_datasets_column_and_a_generator(hf_clip, photos):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in photos[:3]]}).cast_column("image", datasets.Image())
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    from_column = clf(ds["image"], labels=LABELS, top_k=1)
+    from_gen = clf((p for p in photos[:3]), labels=LABELS, top_k=1)
+    assert len(from_column) == len(from_gen) == 3
+    assert [r[0]["label"] for r in from_column] == [r[0]["label"] for r in from_gen]
