@@ -123,7 +123,9 @@ def test_toyworld_clip_through_the_pipeline_matches_the_reported_accuracy():
 def test_accepts_a_datasets_column_and_a_generator(hf_clip, photos):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in photos[:3]]}).cast_column("image", datasets.Image())
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in photos[:3]]}).cast_column(
+        "image", datasets.Image()
+    )
     clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
     from_column = clf(ds["image"], labels=LABELS, top_k=1)
     from_gen = clf((p for p in photos[:3]), labels=LABELS, top_k=1)
