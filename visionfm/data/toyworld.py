@@ -43,6 +43,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .masks import mask_to_rle, masks_to_boxes, rle_to_mask  # noqa: F401  (rle_to_mask: re-exported)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -542,11 +544,7 @@ def make_scene(
     image = np.clip(img + 0.5, 0.0, 255.0).astype(np.uint8)
 
     masks = instance[None, :, :] == np.arange(1, k + 1, dtype=np.int32)[:, None, None]
-    rows, cols = masks.any(axis=2), masks.any(axis=1)  # [K, H], [K, W]
-    boxes = np.zeros((k, 4), dtype=np.float32)
-    for i in range(k):
-        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    boxes = masks_to_boxes(masks)
     shape_ids = np.zeros(k + 1, dtype=np.int64)
     shape_ids[1:] = [1 + SHAPES.index(o.shape) for o in objs]
     semantic = shape_ids[instance]
@@ -668,39 +666,8 @@ class ToyWorld(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def scene_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO *uncompressed* run-length encoding of a binary mask.
-
-    Args:
-        mask: ``[H, W]`` array; non-zero means foreground.
-
-    Returns:
-        ``{"size": [H, W], "counts": [...]}`` with run lengths over the column-major (Fortran-order) flattening,
-        starting with a (possibly zero) run of background. Readable by ``pycocotools.mask.frPyObjects``.
-
-    >>> scene_to_coco_rle(np.array([[0, 1], [0, 1]]))
-    {'size': [2, 2], 'counts': [2, 2]}
-    """
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
-    flat = m.ravel(order="F").astype(bool)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Decode an uncompressed COCO RLE (as written by :func:`scene_to_coco_rle`) to a bool ``[H, W]`` mask."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {counts.sum()}, expected {h}*{w}={h * w}")
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape((h, w), order="F")
+# COCO RLE lives in visionfm.data.masks (shared with pipelines and evaluation); the toyworld names stay.
+scene_to_coco_rle = mask_to_rle
 
 
 def parse_caption(caption: str) -> dict[str, list[str]]:

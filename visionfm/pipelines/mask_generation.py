@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.masks import mask_to_rle, masks_to_boxes
 from ..foundation.encoder import Encoder
 from .base import Pipeline, register_pipeline
 
@@ -45,10 +46,8 @@ class MaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: masks as COCO uncompressed RLE, scores and xyxy boxes as lists."""
-        from ..data.toyworld import scene_to_coco_rle
-
         return {
-            "masks": [scene_to_coco_rle(m.cpu().numpy()) for m in self.masks],
+            "masks": [mask_to_rle(m.cpu().numpy()) for m in self.masks],
             "scores": [float(s) for s in self.scores],
             "boxes": [[float(v) for v in b] for b in self.boxes],
         }
@@ -70,17 +69,6 @@ class MaskResult:
             if b[2] > b[0]:
                 draw.rectangle(b, outline=(255, 255, 255))
         return out
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """xyxy boxes ``[N, 4]`` enclosing bool masks ``[N, H, W]`` (x2, y2 exclusive); zeros for empty masks."""
-    n = masks.shape[0]
-    out = torch.zeros(n, 4, dtype=torch.float32)
-    for i in range(n):
-        ys, xs = torch.nonzero(masks[i], as_tuple=True)
-        if len(xs):
-            out[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return out
 
 
 def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
@@ -199,7 +187,7 @@ class MaskGenerationPipeline(Pipeline):
             masks = (logits > mask_threshold).cpu()
             kept_masks.append(masks)
             kept_scores.append(iou.cpu())
-            kept_boxes.append(masks_to_boxes(masks))
+            kept_boxes.append(torch.from_numpy(masks_to_boxes(masks.numpy())))
         if not kept_masks:
             empty = torch.zeros(0, H, W, dtype=torch.bool)
             return MaskResult(masks=empty, scores=torch.zeros(0), boxes=torch.zeros(0, 4))
@@ -250,4 +238,4 @@ class MaskGenerationPipeline(Pipeline):
         pad = self.encoder.info.image_size
         up = F.interpolate(low, pad, mode="bilinear", align_corners=False)[..., :h, :w]
         masks = (F.interpolate(up, (H, W), mode="bilinear", align_corners=False) > threshold)[:, 0].cpu()
-        return MaskResult(masks=masks, scores=iou[:, 0].cpu(), boxes=masks_to_boxes(masks))
+        return MaskResult(masks=masks, scores=iou[:, 0].cpu(), boxes=torch.from_numpy(masks_to_boxes(masks.numpy())))
