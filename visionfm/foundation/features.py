@@ -18,8 +18,9 @@ class Features:
             the mean of the patch grid.
         patches: ``[B, h, w, C]`` dense features on the patch grid, channels last, row-major
             (``patches[b, i, j]`` covers the patch at row ``i``, column ``j`` of the model input).
-            CLIP: final tokens after the last layer norm, before the projection (open_clip's
-            ``output_tokens`` convention), ``C = info.width``.
+            CLIP ViT: final tokens after the last layer norm, before the projection (open_clip's
+            ``output_tokens`` convention), ``C = info.width``; CLIP ResNet: the last stage's map before
+            the attention pool.
         grid: ``(h, w)`` of the patch grid.
         cls: ``[B, C]`` class token after the final norm, for families that have one, else ``None``.
         registers: ``[B, R, C]`` register tokens (DINOv2 with registers), else ``None``.
