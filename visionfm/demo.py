@@ -92,7 +92,7 @@ def evaluate(
         labels for drawing.
     """
     from .data.toyworld import ToyWorld, class_names
-    from .pipelines.zero_shot import classify, text_classifier
+    from .pipelines.zero_shot import class_logits, text_classifier
 
     size = encoder.info.image_size[0]
     names = {k: class_names(k) for k in ("colour_shape", "shape", "colour")}
@@ -109,7 +109,8 @@ def evaluate(
         scenes = [world[i] for i in range(len(world))]
         images = [s.image for s in scenes]
         truth = {k: torch.tensor([s.label(k) for s in scenes]) for k in names}  # indices into class_names(k)
-        logits = classify(encoder, images, weights["colour_shape"], batch_size=batch_size)
+        pooled = encoder.encode(images, batch_size=batch_size).pooled  # once, reused by every label set
+        logits = class_logits(encoder, pooled, weights["colour_shape"])
         pred = logits.argmax(-1).cpu()
         where = f"{split} compositions"
         add("colour+shape", where, 36, pred, truth["colour_shape"])
@@ -119,7 +120,7 @@ def evaluate(
             add("shape (colour-marginal)", where, 6, marginal.argmax(-1), truth["shape"])
             for k in ("shape", "colour"):
                 task = "shape (shape prompts)" if k == "shape" else "colour"
-                add(task, where, 6, classify(encoder, images, weights[k], batch_size=batch_size).argmax(-1), truth[k])
+                add(task, where, 6, class_logits(encoder, pooled, weights[k]).argmax(-1), truth[k])
             samples = {
                 "images": images,
                 "truth": [names["colour_shape"][t] for t in truth["colour_shape"]],

@@ -89,12 +89,18 @@ def text_classifier(encoder: Encoder, labels: Sequence[str], templates: Template
     return torch.stack(out)
 
 
-def classify(encoder: Encoder, images: Any, weights: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-    """Logits of images against class weights: ``logit_scale * cos (+ logit_bias for SigLIP)``, ``[B, K]``."""
-    feats = encoder.encode(images, batch_size=batch_size).pooled.float()
+def class_logits(encoder: Encoder, pooled: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Logits of image embeddings ``[B, D]`` against class weights ``[K, D]``:
+    ``logit_scale * cos (+ logit_bias for SigLIP)``, ``[B, K]``."""
+    feats = pooled.float()
     logits = float(getattr(encoder, "logit_scale", 100.0)) * F.normalize(feats, dim=-1) @ weights.to(feats.device).t()
     bias = getattr(encoder, "logit_bias", None)
     return logits + bias if bias is not None else logits
+
+
+def classify(encoder: Encoder, images: Any, weights: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+    """Encode images and return their :func:`class_logits` against ``weights``, ``[B, K]``."""
+    return class_logits(encoder, encoder.encode(images, batch_size=batch_size).pooled, weights)
 
 
 def _templates_key(templates: Templates) -> Any:
