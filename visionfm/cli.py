@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.task == "zero-shot-classification":
         if not args.labels:
             raise ValueError("zero-shot-classification needs --labels")
-        results = pipe(list(args.images), labels=args.labels, top_k=args.top_k)
+        results = pipe(list(args.images), labels=args.labels, top_k=args.top_k, multi_label=args.multi_label)
         rows = [
             [img, r[0]["label"], f"{r[0]['score']:.3f}", ", ".join(f"{d['label']} {d['score']:.2f}" for d in r[1:])]
             for img, r in zip(args.images, results)
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             {"image": img, "pooled": feats.pooled[i].float().cpu().tolist()} for i, img in enumerate(args.images)
         ]
     elif args.task == "mask-generation":
-        results = pipe(list(args.images), points_per_side=args.points_per_side)
+        results = pipe(list(args.images), points_per_side=args.points_per_side, crops_n_layers=args.crops_n_layers)
         rows = [
             [img, str(len(r)), f"{float(r.scores.max()):.3f}" if len(r) else "-"]
             for img, r in zip(args.images, results)
@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labels", nargs="*", help="class names (zero-shot-classification)")
     r.add_argument("--templates", help="template set (single, simple, imagenet80) or one template with {}")
     r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
     r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
+    r.add_argument("--crops-n-layers", type=int, default=0, help="automatic masks: extra layers of SAM crops")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--device", default="auto")
     r.add_argument("--out", help="directory for the JSON results")

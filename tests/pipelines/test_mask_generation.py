@@ -96,12 +96,19 @@ def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return inter / union if union else 1.0
 
 
-@pytest.mark.parametrize("image_index", [0, 1])
-def test_automatic_masks_match_transformers_pipeline(sam_dir, photos, image_index):
+# A random tiny SAM is neither confident nor stable at SAM's defaults (0.88 / 0.95, offset 1): no mask survives.
+# The filters are still compared: off, and with a loose stability filter under which some masks pass.
+_AUTO_OPTS = [
+    dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
+    dict(pred_iou_thresh=0.0, stability_score_thresh=0.05, stability_score_offset=0.005),
+]
+
+
+@pytest.mark.parametrize(("image_index", "opts"), [(0, _AUTO_OPTS[0]), (1, _AUTO_OPTS[0]), (0, _AUTO_OPTS[1])])
+def test_automatic_masks_match_transformers_pipeline(sam_dir, photos, image_index, opts):
     from transformers import pipeline as hf_pipeline
 
     img = photos[image_index]
-    opts = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)  # a random tiny SAM is neither confident nor stable
     ours = vfm.pipeline("mask-generation", model=str(sam_dir), device="cpu")
     got = ours(img, points_per_side=8, points_per_batch=16, **opts)
     ref = hf_pipeline("mask-generation", model=str(sam_dir), device="cpu")
@@ -133,3 +140,73 @@ def test_stability_score_matches_transformers():
     torch.testing.assert_close(stability_score(logits, 0.0, 1.0), _compute_stability_score(logits, 0.0, 1.0).float())
     sharp = torch.where(torch.rand(40, 50) > 0.5, 10.0, -10.0)[None]
     assert stability_score(sharp).item() == 1.0  # a confident mask does not move with the threshold
+
+
+def test_multi_crop_automatic_masks_match_transformers_pipeline(sam_dir, photos):
+    from transformers import pipeline as hf_pipeline
+
+    img = photos[1]  # non-square, so the crop layout is not symmetric
+    opts = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, crops_n_layers=1)
+    ours = vfm.pipeline("mask-generation", model=str(sam_dir), device="cpu")
+    got = ours(img, points_per_side=4, points_per_batch=16, **opts)
+    assert ours.encoder_calls == 5  # the whole image and 2 x 2 crops, each encoded once
+    ref = hf_pipeline("mask-generation", model=str(sam_dir), device="cpu")
+    want = ref(Image.fromarray(img), points_per_crop=4, points_per_batch=16, **opts)
+    ref_masks = [torch.as_tensor(np.asarray(m)).bool() for m in want["masks"]]
+    assert len(got) == len(ref_masks) > 0
+    assert got.masks.shape[1:] == img.shape[:2]
+    for m in got.masks:
+        assert max(_mask_iou(m, r) for r in ref_masks) >= 0.98
+    for r in ref_masks:
+        assert max(_mask_iou(m, r) for m in got.masks) >= 0.98
+
+
+def test_crop_layout_matches_transformers():
+    from transformers.models.sam.image_processing_sam import _generate_per_layer_crops
+
+    from visionfm.pipelines.mask_generation import crop_boxes
+
+    for size in [(480, 640), (333, 500), (64, 64)]:
+        for layers in (0, 1, 2):
+            want, want_layers = _generate_per_layer_crops(layers, 512 / 1500, size)
+            got = crop_boxes(size, layers, 512 / 1500)
+            assert [list(b) for _, b in got] == [list(b) for b in want]
+            assert [i for i, _ in got] == list(want_layers)
+
+
+def test_mask_prompts_match_sam_model(sam, sam_dir, photos):
+    from transformers import SamModel, SamProcessor
+
+    img = photos[1]
+    pts = [[100.0, 80.0], [300.0, 200.0]]
+    first = sam(img, points=pts)
+    low = 4 * sam.encoder.model.prompt_encoder.image_embedding_size[0]  # 256 for real SAMs, 32 for the tiny one
+    assert first.logits.shape == (2, low, low)
+    got = sam(img, points=pts, masks=first.logits)  # segment-anything's refinement loop: feed the logits back
+    proc = SamProcessor.from_pretrained(sam_dir)
+    model = SamModel.from_pretrained(sam_dir).eval()
+    for i, p in enumerate(pts):  # the reference, one prompt at a time
+        inputs = proc(images=Image.fromarray(img), input_points=[[[p]]], input_labels=[[[1]]], return_tensors="pt")
+        with torch.no_grad():
+            out = model(**inputs, input_masks=first.logits[i][None, None], multimask_output=False)
+        ref = proc.image_processor.post_process_masks(
+            out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0][0, 0]
+        assert torch.equal(got.masks[i], ref)
+        torch.testing.assert_close(got.scores[i], out.iou_scores[0, 0, 0], atol=1e-4, rtol=0)
+    assert not torch.equal(got.logits, first.logits)  # the mask prompt changed the prediction
+
+
+def test_full_size_mask_prompts(sam, photos):
+    img = photos[2]
+    H, W = img.shape[:2]
+    m = np.zeros((1, H, W), dtype=bool)
+    m[0, H // 4 : H // 2, W // 4 : W // 2] = True
+    alone = sam(img, masks=m)
+    assert alone.masks.shape == (1, H, W)
+    with_box = sam(img, boxes=[[W / 4, H / 4, W / 2, H / 2]], masks=m)
+    assert with_box.masks.shape == (1, H, W)
+    with pytest.raises(ValueError, match="fit neither the image"):
+        sam(img, masks=np.zeros((1, 10, 10), dtype=bool))
+    with pytest.raises(ValueError, match="one mask per prompt"):
+        sam(img, points=[[10, 10], [20, 20]], masks=m)

@@ -67,8 +67,6 @@ def test_templates_sets_dicts_and_errors(hf_clip, photos):
         clf(photos[0], labels=LABELS, templates="imagenet81")
     with pytest.raises(ValueError, match="needs labels"):
         clf(photos[0])
-    with pytest.raises(ValueError, match="multi_label"):
-        clf(photos[0], labels=LABELS, multi_label=True)
     with pytest.raises(ValueError, match="unknown pipeline task.*zero-shot-classification"):
         vfm.pipeline("zero-shot-clasification", model=clf.encoder)
 
@@ -78,6 +76,35 @@ def test_siglip_multi_label_scores_are_independent(siglip, photos):
     a = {d["label"]: d["score"] for d in clf(photos[0], labels=LABELS, multi_label=True)}
     b = {d["label"]: d["score"] for d in clf(photos[0], labels=LABELS[:2], multi_label=True)}
     assert b[LABELS[0]] == pytest.approx(a[LABELS[0]], abs=1e-6)  # adding labels does not change a score
+
+
+def test_clip_multi_label_is_each_label_against_a_generic_class(hf_clip, photos):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from visionfm.pipelines.zero_shot import NEGATIVE_PROMPTS
+
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu", templates=HF_TEMPLATE)
+    got = [{d["label"]: d["score"] for d in r} for r in clf(photos, labels=LABELS, multi_label=True)]
+    fewer = {d["label"]: d["score"] for d in clf(photos[0], labels=LABELS[2:], multi_label=True)}
+    assert fewer[LABELS[3]] == pytest.approx(got[0][LABELS[3]], abs=1e-6)  # independent of the other labels
+    assert sum(got[0].values()) != pytest.approx(1.0, abs=1e-3)  # not a softmax over labels
+
+    # the reference, from CLIPModel's own embeddings: a two-way softmax between the label and the generic class
+    model, proc = CLIPModel.from_pretrained(hf_clip).eval(), CLIPProcessor.from_pretrained(hf_clip)
+    with torch.no_grad():
+        img = model.get_image_features(**proc(images=[Image.fromarray(p) for p in photos], return_tensors="pt"))
+        txt = model.get_text_features(
+            **proc(text=[HF_TEMPLATE.format(x) for x in LABELS], padding=True, return_tensors="pt")
+        )
+        neg = model.get_text_features(**proc(text=list(NEGATIVE_PROMPTS), padding=True, return_tensors="pt"))
+    img, txt, neg = (o if isinstance(o, torch.Tensor) else o.pooler_output for o in (img, txt, neg))
+    img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    neg = torch.nn.functional.normalize(torch.nn.functional.normalize(neg, dim=-1).mean(0), dim=-1)
+    scale = model.logit_scale.exp()
+    for i, row in enumerate(got):
+        for k, label in enumerate(LABELS):
+            pair = torch.stack([img[i] @ txt[k], img[i] @ neg]) * scale
+            assert row[label] == pytest.approx(float(pair.softmax(0)[0]), abs=1e-5)
 
 
 def test_classifier_file_roundtrip(hf_clip, photos, tmp_path):

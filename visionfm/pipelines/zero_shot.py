@@ -24,6 +24,7 @@ from .base import Pipeline, register_pipeline
 logger = logging.getLogger(__name__)
 
 SIMPLE_TEMPLATES = ("a {}.", "a photo of a {}.")
+NEGATIVE_PROMPTS = ("a photo.", "a photo of something.", "a photo of an object.", "an image.")
 Template = str | Callable[[str], str]
 Templates = str | Sequence[Template] | Mapping[str, Sequence[str]]
 
@@ -116,8 +117,11 @@ class ZeroShotClassificationPipeline(Pipeline):
     """``clf(images, labels=[...], templates="imagenet80", top_k=5)`` -> ``[{"score", "label"}]`` per image.
 
     Scores are the softmax over labels for CLIP and independent sigmoids for SigLIP (its training
-    objective), like transformers' pipeline. ``multi_label=True`` asks for independent scores, which only
-    sigmoid-trained models (SigLIP) provide.
+    objective), like transformers' pipeline. ``multi_label=True`` asks for independent per-label scores (each
+    image may carry several labels): SigLIP's sigmoids as they are; for softmax-trained CLIP, each label
+    against a generic "something" class, ``p = softmax([s_label, s_neg])[0]`` with ``s = logit_scale * cos``,
+    where the negative class embeds ``negative_prompts`` (default :data:`NEGATIVE_PROMPTS`). A label's score
+    then does not depend on which other labels are asked for.
     """
 
     default_model = "clip-vit-b-16"
@@ -180,6 +184,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         classifier: str | Path | None = None,
         top_k: int | None = None,
         multi_label: bool = False,
+        negative_prompts: Sequence[str] = NEGATIVE_PROMPTS,
     ) -> list[list[dict[str, Any]]]:
         if classifier is not None:
             labels, weights = self.load_classifier(classifier)
@@ -192,13 +197,15 @@ class ZeroShotClassificationPipeline(Pipeline):
         else:
             labels = list(labels)
             weights = self.class_weights(labels, templates)
-        if multi_label and not self.sigmoid:
-            raise ValueError(
-                f"multi_label=True needs independent per-label scores; {self.encoder.info.name!r} is softmax-trained "
-                "(CLIP). Use a SigLIP model, or multi_label=False."
-            )
-        logits = classify(self.encoder, images, weights, batch_size=self.batch_size)
-        probs = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
+        pooled = self.encoder.encode(images, batch_size=self.batch_size).pooled
+        logits = class_logits(self.encoder, pooled, weights)
+        if self.sigmoid:
+            probs = logits.sigmoid()
+        elif multi_label:
+            negative = self.class_weights(["negative"], {"negative": list(negative_prompts)})
+            probs = (logits - class_logits(self.encoder, pooled, negative)).sigmoid()  # softmax([s, s_neg])[0]
+        else:
+            probs = logits.softmax(-1)
         k = len(labels) if top_k is None else max(1, min(int(top_k), len(labels)))
         scores, idx = probs.topk(k, dim=-1)
         return [
