@@ -133,4 +133,4 @@ def _is_batch_like(x: Any) -> bool:
 
 
 def _ensure_builtins() -> None:
-    from . import feature_extraction, mask_generation, zero_shot  # noqa: F401
+    from . import feature_extraction, mask_generation, zero_shot, zero_shot_seg  # noqa: F401

@@ -1,0 +1,213 @@
+"""zero-shot-seg pipeline: sliding windows, label scoring, background, refinement, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import visionfm as vfm
+from visionfm.foundation.dense import dense_features
+from visionfm.pipelines.zero_shot import text_classifier
+from visionfm.pipelines.zero_shot_seg import pamr, window_grid
+from visionfm.testing import tiny_checkpoint
+
+LABELS = ["cat", "sofa", "sky"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_root):
+    return vfm.load_encoder(str(tiny_checkpoint("clip", "open_clip", root=tiny_root)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tiny_root):
+    return vfm.load_encoder(str(tiny_checkpoint("clip", "transformers", root=tiny_root)), device="cpu")
+
+
+@torch.inference_mode()
+def _direct_logits(enc, x01: torch.Tensor, labels, mode, scale=40.0, templates="imagenet80"):
+    """Whole-image logits ``[K, h, w]`` computed directly: normalise, dense features, cosine to class weights."""
+    mean = torch.tensor(enc.info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.info.std).view(1, 3, 1, 1)
+    emb = F.normalize(dense_features(enc, (x01[None] - mean) / std, mode).float(), dim=-1)[0]
+    w = text_classifier(enc, labels, templates)
+    sim = scale * torch.einsum("hwd,kd->khw", emb, w)
+    return F.interpolate(sim[None], x01.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "stride"), [((48, 48), 48, 24), ((48, 100), 48, 16), ((20, 30), 48, 24), ((97, 50), 32, 32)]
+)
+def test_window_grid_covers_the_image(size, window, stride):
+    boxes = window_grid(size, window, stride)
+    cover = np.zeros(size, dtype=int)
+    for y0, x0, y1, x1 in boxes:
+        assert y1 - y0 == min(window, size[0]) and x1 - x0 == min(window, size[1])
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    assert max(b[2] for b in boxes) == size[0] and max(b[3] for b in boxes) == size[1]
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "naclip"])
+@pytest.mark.parametrize("which", ["clip", "hf_clip"])
+def test_window_covering_the_image_equals_whole_image_inference(request, which, mode, photos):
+    enc = request.getfixturevalue(which)
+    seg = vfm.pipeline("zero-shot-seg", model=enc, mode=mode, short_side=48, window=64, stride=32)
+    x = seg._resize(torch.from_numpy(photos[2]).permute(2, 0, 1))  # 48 x 72: one 64-px window would not cover
+    x = x[:, :, :48]  # square 48 x 48 crop: the window covers it (padded to 64)
+    w, owner = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.logits(x, w, owner, len(LABELS))
+    pad = F.pad(x, (0, 16, 0, 16))
+    want = _direct_logits(enc, pad, LABELS, mode)[:, :48, :48]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_tiles_equal_per_tile_inference(clip, photos):
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="sclip", short_side=96, window=48, stride=48)
+    x = seg._resize(torch.from_numpy(photos[0]).permute(2, 0, 1))  # 96 x 96: four tiles, no overlap
+    w, owner = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.logits(x, w, owner, len(LABELS))
+    for y0 in (0, 48):
+        for x0 in (0, 48):
+            want = _direct_logits(clip, x[:, y0 : y0 + 48, x0 : x0 + 48], LABELS, "sclip")
+            torch.testing.assert_close(got[:, y0 : y0 + 48, x0 : x0 + 48], want, atol=1e-4, rtol=0)
+
+
+def test_overlapping_windows_are_averaged(clip, photos):
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", short_side=48, window=48, stride=24)
+    x = seg._resize(torch.from_numpy(photos[1]).permute(2, 0, 1))  # 48 x 72: windows at x = 0 and 24
+    assert window_grid(tuple(x.shape[1:]), 48, 24) == [(0, 0, 48, 48), (0, 24, 48, 72)]
+    w, owner = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.logits(x, w, owner, len(LABELS))
+    a = _direct_logits(clip, x[:, :, :48], LABELS, "maskclip")
+    b = _direct_logits(clip, x[:, :, 24:72], LABELS, "maskclip")
+    torch.testing.assert_close(got[:, :, :24], a[:, :, :24], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[:, :, 24:48], (a[:, :, 24:] + b[:, :, :24]) / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[:, :, 48:], b[:, :, 24:], atol=1e-4, rtol=0)
+
+
+def test_result_shapes_background_and_outputs(clip, photos, tmp_path):
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="clearclip", templates="simple")
+    img = photos[1]
+    out = seg(img, labels=LABELS, background=True)
+    assert out.label_map.shape == img.shape[:2] and out.label_map.dtype == torch.int64
+    assert out.labels == ["background", *LABELS]
+    assert set(out.masks) <= set(out.labels) and len(out.scores) == 4
+    d = json.loads(json.dumps(out.to_dict()))
+    assert d["protocol"]["mode"] == "clearclip" and d["protocol"]["window"] == 48
+    assert d["protocol"]["short_side"] == 72 and d["protocol"]["templates"] == "simple"
+    assert out.overlay(img).size == (img.shape[1], img.shape[0])
+    none = seg(img, labels=LABELS, prob_thresh=1.01)  # no label is ever that sure: all background
+    assert (none.label_map == 0).all()
+    alls = seg(img, labels=LABELS, cos_thresh=-1.0)  # every cosine clears -1: no background
+    assert (alls.label_map > 0).all()
+    plain = seg([img, photos[0]], labels=LABELS)
+    assert len(plain) == 2 and plain[0].labels == LABELS
+
+
+def test_synonyms_take_the_best_name(clip, photos):
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single", short_side=48)
+    x = seg._resize(torch.from_numpy(photos[0]).permute(2, 0, 1))  # 48 x 48: one window
+    w, owner = seg.text_weights([["cat", "kitten"], ["sofa"]])
+    got = seg.logits(x, w, owner, 2)
+    with torch.inference_mode():  # the best synonym is taken per patch, before upsampling
+        mean, std = torch.tensor(clip.info.mean).view(1, 3, 1, 1), torch.tensor(clip.info.std).view(1, 3, 1, 1)
+        emb = F.normalize(dense_features(clip, (x[None] - mean) / std, "maskclip"), dim=-1)[0]
+        t = text_classifier(clip, ["cat", "kitten", "sofa"], "single")
+        sim = 40.0 * torch.einsum("hwd,kd->khw", emb, t)
+        best = torch.stack([torch.maximum(sim[0], sim[1]), sim[2]])
+        want = F.interpolate(best[None], (48, 48), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    a = seg(photos[0], labels=["cat; kitten", "sofa"])
+    b = seg(photos[0], labels=["cat", "sofa"], synonyms={"cat": ["kitten"]})
+    assert torch.equal(a.label_map, b.label_map) and a.labels == ["cat", "sofa"]
+
+
+def test_pamr_matches_a_direct_loop():
+    g = torch.Generator().manual_seed(0)
+    img, probs = torch.rand(3, 9, 11, generator=g), torch.rand(2, 9, 11, generator=g).softmax(0)
+    got = pamr(img, probs, iterations=1, dilations=(1, 2))
+    offs = [(dy, dx) for d in (1, 2) for dy in (-d, 0, d) for dx in (-d, 0, d) if (dy, dx) != (0, 0)]
+    want = torch.zeros_like(probs)
+    H, W = img.shape[1:]
+    for i in range(H):
+        for j in range(W):
+            nb = [(min(max(i + dy, 0), H - 1), min(max(j + dx, 0), W - 1)) for dy, dx in offs]
+            cols = torch.stack([img[:, a, b] for a, b in nb], 1)  # [3, P]
+            std = cols.std(1, keepdim=True) + 1e-8
+            aff = (-((img[:, i, j][:, None] - cols).abs() / std).mean(0)).softmax(0)
+            want[:, i, j] = sum(aff[k] * probs[:, a, b] for k, (a, b) in enumerate(nb))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_pamr_snaps_to_colour_edges():
+    img = torch.zeros(3, 24, 24)
+    img[:, :, 12:] = 1.0  # two flat regions
+    probs = torch.full((2, 24, 24), 0.5)
+    probs[0, :, :10], probs[1, :, :10] = 0.9, 0.1  # confident only away from the edge
+    probs[0, :, 14:], probs[1, :, 14:] = 0.1, 0.9
+    out = pamr(img, probs).argmax(0)
+    assert (out[:, :12] == 0).all() and (out[:, 12:] == 1).all()
+
+
+def test_refinement_and_proxy_run(clip, tiny_root, photos):
+    sam_dir = tiny_checkpoint("sam", root=tiny_root)
+    dino_dir = tiny_checkpoint("dinov2", root=tiny_root)
+    img = photos[3]
+    for sam_mode in ("auto", "box"):
+        seg = vfm.pipeline(
+            "zero-shot-seg",
+            model=clip,
+            mode="proxy",
+            proxy=str(dino_dir),
+            refine=["pamr", str(sam_dir)],
+            sam_mode=sam_mode,
+            sam_points_per_side=4,
+            templates="single",
+        )
+        out = seg(img, labels=LABELS)
+        assert out.label_map.shape == img.shape[:2]
+        assert (
+            out.protocol["proxy"]
+            and out.protocol["refine"][0] == "pamr"
+            and "sam-" + sam_mode in out.protocol["refine"][1]
+        )
+
+
+def test_sam_auto_refinement_gives_each_mask_one_label(clip, tiny_root, photos):
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single")
+    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint("sam", root=tiny_root)), device="cpu")
+    probs = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0)).softmax(0)
+    pixels = torch.from_numpy(photos[1]).permute(2, 0, 1)
+    opts = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)  # a random tiny SAM passes no default filter
+    seg.sam, seg.sam_mode, seg.sam_points_per_side, seg.sam_options = sam, "auto", 4, opts
+    masks = sam.generate(pixels, points_per_side=4, **opts).masks
+    assert len(masks) > 0
+    out = seg._sam_refine(pixels, probs, 0).argmax(0)
+    small = F.interpolate(masks[:, None].float(), (20, 30), mode="nearest")[:, 0] > 0.5
+    small = small[small.flatten(1).any(1)]
+    smallest = small[small.flatten(1).sum(1).argmin()]  # painted last: one label over all of it
+    assert out[smallest].unique().numel() == 1
+
+
+def test_errors(clip, tiny_root, photos):
+    dino = str(tiny_checkpoint("dinov2", root=tiny_root))
+    with pytest.raises(TypeError, match="CLIP"):
+        vfm.pipeline("zero-shot-seg", model=dino, device="cpu")
+    with pytest.raises(ValueError, match="mode"):
+        vfm.pipeline("zero-shot-seg", model=clip, mode="nope")
+    with pytest.raises(ValueError, match="proxy"):
+        vfm.pipeline("zero-shot-seg", model=clip, mode="proxy")
+    with pytest.raises(ValueError, match="multiple of the model's patch size"):
+        vfm.pipeline("zero-shot-seg", model=clip, window=50)
+    seg = vfm.pipeline("zero-shot-seg", model=clip)
+    with pytest.raises(ValueError, match="needs labels"):
+        seg(photos[0])
+    with pytest.raises(ValueError, match="unique"):
+        seg(photos[0], labels=["cat", "cat"])
+    with pytest.raises(ValueError, match="reserved"):
+        seg(photos[0], labels=["cat", "background"], background=True)

@@ -1,0 +1,519 @@
+"""Training-free dense CLIP features: attention surgery on the last block of the image tower.
+
+CLIP's pooled embedding lives in the image-text space, but its patch tokens do not segment well: the
+last block's query-key attention is spatially "global" (every patch attends to the same few tokens).
+The training-free methods below change only that last attention (and whether its residual and FFN are
+kept), then send every patch token through the head that maps the pooled token into the joint space.
+All earlier blocks run unchanged. :func:`dense_features` does this for every CLIP backend here with
+the method as a parameter, ``mode``.
+
+Every backend is reduced to the same parts (a private ``_Tower``): the tokens entering the last
+attention, its pre-norm, its q/k/v/out projections and head count, the rest of the block (residual +
+FFN) and the head (final norm + projection). The modes are then one piece of code.
+
+Backends:
+
+- open_clip ``VisionTransformer``: last block of ``visual.transformer.resblocks`` (``ln_1``,
+  ``nn.MultiheadAttention``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``); head ``ln_post`` then ``@ proj``.
+- open_clip ``ModifiedResNet``: the attention pool ``visual.attnpool`` is the "last block": tokens are
+  the stride-32 map with the mean token in front, plus ``positional_embedding``; ``q/k/v_proj``,
+  ``c_proj``; no norm, residual or FFN; ``c_proj`` already maps to the joint space (head = identity).
+  In ``vanilla`` mode token 0 (the mean token) reproduces the pooled embedding exactly.
+- transformers ``CLIPModel``: ``vision_model.encoder.layers[-1]``; head ``post_layernorm`` then
+  ``visual_projection``.
+- transformers ``SiglipModel``: ``vision_model.encoder.layers[-1]``; no class token. Its joint space is
+  the output of the multi-head attention-pooling head (a learned probe attends over the tokens, then
+  ``x + mlp(layernorm(x))``). There is no per-token version of a single-probe pool, so each token goes
+  through the head's value path instead, as MaskCLIP does for CLIP's attention pool:
+  ``a = out_proj(v_proj(post_layernorm(t)))``, then ``a + mlp(layernorm(a))``. That is exactly what the
+  head returns for a one-token input, so a patch embedding is "the head applied to that patch alone".
+
+References (read for the formulas; no code was copied):
+
+- MaskCLIP: Zhou, Loy, Dai, "Extract Free Dense Labels from CLIP", ECCV 2022 (volgachen/MaskCLIP).
+- SCLIP: Wang, Mei, Yuille, "SCLIP: Rethinking Self-Attention for Dense Vision-Language Inference",
+  arXiv 2312.01597 (wangf3014/SCLIP).
+- ClearCLIP: Lan et al., "ClearCLIP: Decomposing CLIP Representations for Dense Vision-Language
+  Inference", ECCV 2024 (mc-lan/ClearCLIP).
+- NACLIP: Hajimiri, Ben Ayed, Dolz, "Pay Attention to Your Neighbours: Training-Free Open-Vocabulary
+  Semantic Segmentation", WACV 2025 (sinahmr/NACLIP).
+- ProxyCLIP: Lan et al., "ProxyCLIP: Proxy Attention Improves CLIP for Open-Vocabulary Segmentation",
+  ECCV 2024 (mc-lan/ProxyCLIP).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .clip import HFClipEncoder, OpenClipEncoder
+
+logger = logging.getLogger(__name__)
+
+DENSE_MODES = ("vanilla", "maskclip", "sclip", "clearclip", "naclip", "proxy")
+#: Modes that keep the last block's residual connection and FFN (where the tower has them).
+_KEEPS_BLOCK = ("vanilla", "sclip")
+#: ProxyCLIP's published defaults (``beta=1.2, gamma=3.0`` in mc-lan/ProxyCLIP).
+PROXY_BETA = 1.2
+PROXY_GAMMA = 3.0
+
+
+def check_mode(mode: str) -> str:
+    """Validate a dense mode name.
+
+    Args:
+        mode: one of :data:`DENSE_MODES`.
+
+    Returns:
+        ``mode`` unchanged.
+
+    Raises:
+        ValueError: for any other value, naming the valid modes.
+    """
+    if mode not in DENSE_MODES:
+        raise ValueError(f"unknown dense mode {mode!r}; choose from {', '.join(DENSE_MODES)}")
+    return mode
+
+
+@dataclass
+class _Tower:
+    """One vision tower reduced to what the last-block surgery needs.
+
+    Attributes:
+        tokens: ``[B, P + h*w, W]`` input of the last attention (prefix tokens first, then the patch grid
+            row-major).
+        prefix: ``P``, tokens before the patch grid (class token / ResNet mean token: 1; SigLIP: 0).
+        grid: ``(h, w)`` patch grid.
+        norm1: pre-attention norm (identity for the ResNet attention pool).
+        qkv: ``(w_q, b_q, w_k, b_k, w_v, b_v)``; weights ``[W, W]``, biases ``[W]`` or ``None``.
+        out_proj: attention output projection, ``[..., W] -> [..., W_out]``.
+        num_heads: attention heads.
+        block_tail: ``(x, attn_out) -> block output``: residual + FFN of the block; ``None`` if the
+            tower has none (ResNet attention pool).
+        head: block output ``[..., W_out]`` to the joint image-text space ``[..., D]``.
+    """
+
+    tokens: torch.Tensor
+    prefix: int
+    grid: tuple[int, int]
+    norm1: Callable[[torch.Tensor], torch.Tensor]
+    qkv: tuple[torch.Tensor | None, ...]
+    out_proj: Callable[[torch.Tensor], torch.Tensor]
+    num_heads: int
+    block_tail: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def resize_pos_embed(pos: torch.Tensor, prefix: int, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """Resize a learned position table to another patch grid (bicubic, ``align_corners=False``).
+
+    The same interpolation as transformers' ``interpolate_pos_encoding`` and the SCLIP/ClearCLIP/NACLIP
+    references; prefix rows (class / mean token) are kept as they are.
+
+    Args:
+        pos: ``[prefix + src_h*src_w, C]`` position embeddings.
+        prefix: leading rows that are not on the grid.
+        src: native grid ``(h, w)`` of ``pos``.
+        dst: target grid ``(h, w)``.
+
+    Returns:
+        ``[prefix + dst_h*dst_w, C]``; ``pos`` itself (no copy, bit-equal) when ``src == dst``.
+    """
+    src, dst = (int(src[0]), int(src[1])), (int(dst[0]), int(dst[1]))
+    if pos.shape[0] != prefix + src[0] * src[1]:
+        raise ValueError(f"position table of {pos.shape[0]} rows is not {prefix} + {src[0]}x{src[1]}")
+    if src == dst:
+        return pos
+    c = pos.shape[-1]
+    grid = pos[prefix:].reshape(1, src[0], src[1], c).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], c).to(pos.dtype)
+    return torch.cat([pos[:prefix], grid])
+
+
+def _grid_of(pixel_values: torch.Tensor, patch: int) -> tuple[int, int]:
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
+    h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    if h % patch or w % patch or h < patch or w < patch:
+        raise ValueError(f"input size {h}x{w} must be a positive multiple of the patch size {patch}")
+    return h // patch, w // patch
+
+
+# ---------------------------------------------------------------------------------------------------
+# backends
+# ---------------------------------------------------------------------------------------------------
+def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> _Tower:
+    from open_clip.transformer import ResidualAttentionBlock
+
+    v = encoder.model.visual
+    if getattr(v, "attn_pool", None) is not None:
+        raise NotImplementedError("dense_features does not support open_clip towers with an attentional pooler")
+    last = v.transformer.resblocks[-1]
+    if not isinstance(last, ResidualAttentionBlock) or last.attn.in_proj_weight is None:
+        raise NotImplementedError(
+            f"dense_features supports open_clip's default ResidualAttentionBlock, not {type(last).__name__}"
+        )
+    grid = _grid_of(pixel_values, int(v.patch_size[0]))
+    # Same steps as VisionTransformer._embeds, with the position table resized to the input grid.
+    x = v.conv1(pixel_values.to(v.conv1.weight.dtype))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resize_pos_embed(v.positional_embedding, 1, tuple(v.grid_size), grid).to(x.dtype)
+    x = v.ln_pre(v.patch_dropout(x))
+    batch_first = getattr(v.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in v.transformer.resblocks[:-1]:
+        x = blk(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+
+    attn = last.attn
+    bias = attn.in_proj_bias
+    wq, wk, wv = attn.in_proj_weight.chunk(3)
+    bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+
+    def tail(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = x + last.ls_1(a)
+        return x + last.ls_2(last.mlp(last.ln_2(x)))
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        t = v.ln_post(t)
+        return t @ v.proj if v.proj is not None else t
+
+    return _Tower(x, 1, grid, last.ln_1, (wq, bq, wk, bk, wv, bv), attn.out_proj, int(attn.num_heads), tail, head)
+
+
+def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> _Tower:
+    v = encoder.model.visual
+    pool = v.attnpool
+    grid = _grid_of(pixel_values, 32)
+    x = v.stem(pixel_values.to(v.conv1.weight.dtype))
+    x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
+    if tuple(x.shape[-2:]) != grid:
+        raise ValueError(f"ResNet feature map {tuple(x.shape[-2:])} does not match the expected grid {grid}")
+    # Same steps as AttentionPool2d.forward (batch first): mean token in front, then position table.
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+    side = math.isqrt(pool.positional_embedding.shape[0] - 1)
+    x = x + resize_pos_embed(pool.positional_embedding, 1, (side, side), grid).to(x.dtype)
+    qkv = (pool.q_proj.weight, pool.q_proj.bias, pool.k_proj.weight, pool.k_proj.bias)
+    qkv += (pool.v_proj.weight, pool.v_proj.bias)
+    return _Tower(x, 1, grid, _identity, qkv, pool.c_proj, int(pool.num_heads), None, _identity)
+
+
+def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One transformers encoder layer, across the 4.x (tuple out, causal mask arg) and 5.x signatures."""
+    kwargs = {}
+    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
+        kwargs["causal_attention_mask"] = None
+    out = layer(x, None, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor) -> _Tower:
+    vm = encoder.model.vision_model
+    siglip = encoder.kind == "siglip"
+    if siglip and not getattr(vm, "use_head", False):
+        raise NotImplementedError("dense_features needs SigLIP's attention-pooling head (vision_use_head=True)")
+    grid = _grid_of(pixel_values, encoder.info.patch_size)
+    # transformers' own position interpolation (bicubic); at the native size it is the plain table.
+    x = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
+    if not siglip:
+        x = vm.pre_layrnorm(x)
+    for layer in vm.encoder.layers[:-1]:
+        x = _run_hf_layer(layer, x)
+    last = vm.encoder.layers[-1]
+    sa = last.self_attn
+    qkv = (sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight, sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias)
+
+    def tail(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = x + a
+        return x + last.mlp(last.layer_norm2(x))
+
+    if siglip:
+        map_head = vm.head
+        width = map_head.attention.embed_dim
+        w_v = map_head.attention.in_proj_weight[2 * width :]
+        b_v = map_head.attention.in_proj_bias[2 * width :] if map_head.attention.in_proj_bias is not None else None
+
+        def head(t: torch.Tensor) -> torch.Tensor:
+            a = map_head.attention.out_proj(F.linear(vm.post_layernorm(t), w_v, b_v))
+            return a + map_head.mlp(map_head.layernorm(a))
+
+        prefix = 0
+    else:
+
+        def head(t: torch.Tensor) -> torch.Tensor:
+            return encoder.model.visual_projection(vm.post_layernorm(t))
+
+        prefix = 1
+    return _Tower(x, prefix, grid, last.layer_norm1, qkv, sa.out_proj, int(sa.num_heads), tail, head)
+
+
+def _tower(encoder: object, pixel_values: torch.Tensor) -> _Tower:
+    if isinstance(encoder, OpenClipEncoder):
+        if encoder.is_resnet:
+            return _open_clip_resnet_tower(encoder, pixel_values)
+        return _open_clip_vit_tower(encoder, pixel_values)
+    if isinstance(encoder, HFClipEncoder):
+        return _hf_tower(encoder, pixel_values)
+    info = getattr(encoder, "info", None)
+    family = f"family {info.family!r}" if info is not None else "not a visionfm encoder"
+    raise TypeError(
+        "dense_features needs a CLIP/SigLIP encoder (OpenClipEncoder or HFClipEncoder), "
+        f"got {type(encoder).__name__} ({family})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# attention
+# ---------------------------------------------------------------------------------------------------
+def gaussian_neighbourhood(grid: tuple[int, int], sigma: float, prefix: int = 0) -> torch.Tensor:
+    """NACLIP's additive neighbourhood prior over a patch grid.
+
+    Args:
+        grid: ``(h, w)`` patch grid, tokens row-major.
+        sigma: standard deviation in patches (> 0).
+        prefix: leading non-grid tokens; their rows and columns are 0 (no prior), as in NACLIP.
+
+    Returns:
+        ``[P + h*w, P + h*w]`` float32, ``exp(-d^2 / (2 sigma^2))`` for grid distance ``d`` between patches.
+    """
+    if not sigma > 0:
+        raise ValueError(f"naclip_sigma must be > 0, got {sigma}")
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float32).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.float32).repeat(h)
+    d2 = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
+    out = torch.zeros(prefix + h * w, prefix + h * w)
+    out[prefix:, prefix:] = torch.exp(-d2 / (2.0 * sigma**2))
+    return out
+
+
+def proxy_attention(
+    proxy_features: torch.Tensor, grid: tuple[int, int], *, beta: float = PROXY_BETA, gamma: float = PROXY_GAMMA
+) -> torch.Tensor:
+    """ProxyCLIP's attention from another encoder's patch affinity.
+
+    The proxy features are resized to ``grid`` (bilinear, ``align_corners=False``), L2-normalised, and
+    their cosine similarities ``S`` become logits ``(S - beta * mean(S)) * gamma`` (mean over the whole
+    ``N x N`` matrix of each image); logits below 0 are masked out (``-inf``) before the softmax. A
+    patch's affinity with itself is never masked, which only matters where the reference would return
+    NaN (a row with every logit below 0); elsewhere it changes nothing, since self-similarity is the
+    row's maximum.
+
+    Args:
+        proxy_features: ``[B, h', w', C']`` patch features (e.g. DINOv2 or SAM ``Features.patches``).
+        grid: CLIP patch grid ``(h, w)``.
+        beta: threshold on the similarity, relative to its mean (ProxyCLIP: 1.2).
+        gamma: logit scale (ProxyCLIP: 3.0).
+
+    Returns:
+        ``[B, h*w, h*w]`` float32 attention weights, rows summing to 1.
+    """
+    if proxy_features.ndim != 4:
+        raise ValueError(f"proxy_features must be [B, h', w', C'], got shape {tuple(proxy_features.shape)}")
+    f = proxy_features.permute(0, 3, 1, 2).float()
+    if tuple(f.shape[-2:]) != tuple(grid):
+        f = F.interpolate(f, size=tuple(grid), mode="bilinear", align_corners=False)
+    f = F.normalize(f.flatten(2), dim=1)  # [B, C', N]
+    sim = f.transpose(1, 2) @ f  # [B, N, N] cosine similarities
+    logits = (sim - beta * sim.mean(dim=(1, 2), keepdim=True)) * gamma
+    eye = torch.eye(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill((logits < 0) & ~eye, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def _softmax(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(like.dtype)
+
+
+def _surgery(
+    t: _Tower,
+    mode: str,
+    *,
+    proxy_features: torch.Tensor | None,
+    naclip_sigma: float,
+    proxy_beta: float,
+    proxy_gamma: float,
+) -> tuple[torch.Tensor, int]:
+    """The last block under ``mode``; returns (``[B, P' + h*w, D]`` joint-space tokens, ``P'``)."""
+    x = t.tokens
+    hdn = t.norm1(x)
+    b, n, width = hdn.shape
+    heads = t.num_heads
+    d = width // heads
+    scale = d**-0.5
+    wq, bq, wk, bk, wv, bv = t.qkv
+
+    def split(w: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(hdn, w, bias).view(b, n, heads, d).transpose(1, 2)  # [B, heads, N, d]
+
+    v = split(wv, bv)
+    prefix = t.prefix
+    if mode == "maskclip":
+        out = v
+    elif mode == "proxy":
+        assert proxy_features is not None  # checked by _check_proxy
+        attn = proxy_attention(proxy_features.to(v.device), t.grid, beta=proxy_beta, gamma=proxy_gamma)
+        out = attn.to(v.dtype).unsqueeze(1) @ v[:, :, prefix:]  # same weights for every head
+        x, prefix = x[:, prefix:], 0
+    else:
+        if mode == "vanilla":
+            attn = _softmax((split(wq, bq) * scale) @ split(wk, bk).transpose(-1, -2), v)
+        elif mode == "sclip":
+            q, k = split(wq, bq), split(wk, bk)
+            attn = _softmax((q * scale) @ q.transpose(-1, -2), v) + _softmax((k * scale) @ k.transpose(-1, -2), v)
+        elif mode == "clearclip":
+            q = split(wq, bq)
+            attn = _softmax((q * scale) @ q.transpose(-1, -2), v)
+        else:  # naclip
+            k = split(wk, bk)
+            prior = gaussian_neighbourhood(t.grid, naclip_sigma, prefix).to(device=k.device, dtype=k.dtype)
+            attn = _softmax((k * scale) @ k.transpose(-1, -2) + prior, v)
+        out = attn @ v
+    out = t.out_proj(out.transpose(1, 2).reshape(b, -1, width))
+    if mode in _KEEPS_BLOCK and t.block_tail is not None:
+        out = t.block_tail(x, out)
+    return t.head(out), prefix
+
+
+def _check_proxy(mode: str, proxy_features: torch.Tensor | None, pixel_values: torch.Tensor) -> None:
+    if mode != "proxy":
+        if proxy_features is not None:
+            raise ValueError(f"proxy_features is only used by mode='proxy', not mode={mode!r}")
+        return
+    if proxy_features is None:
+        raise ValueError("mode='proxy' needs proxy_features: [B, h', w', C'] patch features of another encoder")
+    if proxy_features.ndim != 4:
+        raise ValueError(f"proxy_features must be [B, h', w', C'], got shape {tuple(proxy_features.shape)}")
+    if proxy_features.shape[0] != pixel_values.shape[0]:
+        raise ValueError(
+            f"proxy_features has batch size {proxy_features.shape[0]} but pixel_values has {pixel_values.shape[0]}"
+        )
+
+
+def _dense_tokens(
+    encoder: object,
+    pixel_values: torch.Tensor,
+    mode: str = "maskclip",
+    *,
+    proxy_features: torch.Tensor | None = None,
+    naclip_sigma: float = 5.0,
+    proxy_beta: float = PROXY_BETA,
+    proxy_gamma: float = PROXY_GAMMA,
+) -> tuple[torch.Tensor, int, tuple[int, int]]:
+    """:func:`dense_features` with the prefix tokens kept: (``[B, P + h*w, D]``, ``P``, ``(h, w)``)."""
+    check_mode(mode)
+    _check_proxy(mode, proxy_features, pixel_values)
+    tower = _tower(encoder, pixel_values)
+    logger.debug("dense %s: grid %s, prefix %d", mode, tower.grid, tower.prefix)
+    tokens, prefix = _surgery(
+        tower,
+        mode,
+        proxy_features=proxy_features,
+        naclip_sigma=naclip_sigma,
+        proxy_beta=proxy_beta,
+        proxy_gamma=proxy_gamma,
+    )
+    return tokens, prefix, tower.grid
+
+
+def dense_features(
+    encoder: OpenClipEncoder | HFClipEncoder,
+    pixel_values: torch.Tensor,
+    mode: str = "maskclip",
+    *,
+    proxy_features: torch.Tensor | None = None,
+    naclip_sigma: float = 5.0,
+    proxy_beta: float = PROXY_BETA,
+    proxy_gamma: float = PROXY_GAMMA,
+) -> torch.Tensor:
+    """Training-free dense patch embeddings in CLIP's image-text space.
+
+    Only the last attention block of the image tower changes (see the module docstring for what that
+    block is in each backend); earlier blocks run unchanged. With ``x`` the block input, ``h = ln_1(x)``
+    and per-head ``q, k, v`` the block's own projections of ``h`` (scale ``s = head_dim ** -0.5``):
+
+    - ``vanilla``: the unmodified block, ``x + attn(h)`` then ``+ mlp(ln_2(.))``, ``attn`` with
+      ``softmax(q k^T s) v``.
+    - ``maskclip`` (MaskCLIP): identity attention, ``out_proj(v)``; no residual, no FFN. This is the
+      formulation used by the ViT ports of MaskCLIP (FeatUp, maskclip_onnx) and by the SCLIP, ClearCLIP and
+      NACLIP baselines. The authors' mmseg ViT code keeps the residual and FFN
+      (``x + out_proj(v)``, then the FFN); for the ResNet pool both give ``c_proj(v_proj(x))``.
+    - ``sclip`` (SCLIP, correlative self-attention): ``(softmax(q q^T s) + softmax(k k^T s)) v`` (rows
+      sum to 2, not halved), residual and FFN kept, as in the SCLIP reference code.
+    - ``clearclip`` (ClearCLIP): ``softmax(q q^T s) v``, ``out_proj``; no residual, no FFN.
+    - ``naclip`` (NACLIP): ``softmax(k k^T s + G) v``, ``out_proj``; no residual, no FFN (NACLIP's
+      "reduced" architecture, its default). ``G`` is added to the logits and is the Gaussian kernel
+      itself, ``exp(-d^2 / (2 naclip_sigma^2))`` over grid distance ``d`` in patches (values in (0, 1]),
+      0 in the class-token row and column, as in the NACLIP reference (not ``log`` of the kernel).
+    - ``proxy`` (ProxyCLIP): weights from the proxy encoder's patch affinity (:func:`proxy_attention`:
+      cosine similarity ``S``, logits ``(S - proxy_beta * mean(S)) * proxy_gamma``, negatives masked),
+      the same for every head, applied to the block's value embeddings of the patch tokens (the class
+      token takes no part), ``out_proj``; no residual, no FFN. Unlike ProxyCLIP, which resizes CLIP's
+      values to the proxy grid and answers on that grid, the proxy features are resized to the CLIP grid
+      here (bilinear), so every mode answers on the same grid.
+
+    The block output then goes through the head that makes the pooled embedding: open_clip ``ln_post``
+    and ``@ proj``; transformers CLIP ``post_layernorm`` and ``visual_projection``; the open_clip
+    ResNet's ``c_proj`` is already that head; SigLIP: the attention-pool head's value path and MLP.
+
+    For ViTs the position embeddings are resized (bicubic) when the input grid differs from the
+    native one; at the native size the table is used as is, so results are bit-equal to no resizing.
+    Batch elements are independent (use an encoder in eval mode, as ``load_encoder`` returns it). Works
+    with gradients and under ``torch.inference_mode``, on the encoder's device and dtype.
+
+    Args:
+        encoder: an ``OpenClipEncoder`` (ViT or ModifiedResNet tower) or ``HFClipEncoder`` (CLIP or
+            SigLIP).
+        pixel_values: ``[B, 3, H, W]`` preprocessed (normalised) pixels; ``H`` and ``W`` multiples of the
+            patch size (32 for the ResNet), not necessarily the native size.
+        mode: one of :data:`DENSE_MODES`.
+        proxy_features: ``[B, h', w', C']`` patch features of another encoder (DINOv2, SAM: their
+            ``Features.patches``) for ``mode="proxy"``; resized to the CLIP grid inside. Only for that mode.
+        naclip_sigma: standard deviation of NACLIP's Gaussian, in patches (NACLIP's default: 5).
+        proxy_beta: ProxyCLIP's threshold ``beta``: affinities below ``beta`` times their mean are masked
+            (default 1.2, ProxyCLIP's).
+        proxy_gamma: ProxyCLIP's logit scale ``gamma`` (default 3.0, ProxyCLIP's).
+
+    Returns:
+        ``[B, h, w, D]`` patch embeddings, ``h = H // patch``, ``w = W // patch``, ``D = info.embed_dim``,
+        in the space of ``encoder.encode_text`` and ``Features.pooled``; not normalised.
+
+    Raises:
+        ValueError: unknown mode, bad input shape, ``proxy`` without (or with mis-sized)
+            ``proxy_features``, ``proxy_features`` with another mode.
+        TypeError: an encoder that is not CLIP/SigLIP.
+        NotImplementedError: open_clip towers with custom blocks or an attentional pooler.
+
+    Example:
+        >>> import torch, visionfm as vfm
+        >>> from visionfm.testing import tiny_checkpoint
+        >>> enc = vfm.load_encoder(tiny_checkpoint("clip"), device="cpu")
+        >>> tuple(dense_features(enc, torch.randn(2, 3, 72, 48), "clearclip").shape)
+        (2, 9, 6, 32)
+    """
+    tokens, prefix, (h, w) = _dense_tokens(
+        encoder,
+        pixel_values,
+        mode,
+        proxy_features=proxy_features,
+        naclip_sigma=naclip_sigma,
+        proxy_beta=proxy_beta,
+        proxy_gamma=proxy_gamma,
+    )
+    return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1])
