@@ -79,3 +79,29 @@ def test_run_mask_generation_writes_overlay_and_rle(tmp_path, tiny_root, photos,
     records = json.loads((tmp_path / "out" / "mask-generation.json").read_text())
     assert records[0]["image"] == path and len(records[0]["masks"]) == len(records[0]["scores"])
     assert Image.open(tmp_path / "out" / "astronaut_masks.png").size == (photos[0].shape[1], photos[0].shape[0])
+
+
+def test_run_zero_shot_seg_and_grounding_write_maps_overlays_and_json(tmp_path, tiny_root, photos, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    path = str(tmp_path / "chelsea.png")
+    Image.fromarray(photos[1]).save(path)
+    model = str(tiny_checkpoint("clip", "open_clip", root=tiny_root))
+    out = tmp_path / "out"
+    args = ["run", "zero-shot-seg", path, "--model", model, "--labels", "cat,sofa", "--device", "cpu"]
+    assert main([*args, "--templates", "single", "--mode", "clearclip", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:2] == ["image", "labels"]
+    rec = json.loads((out / "zero-shot-seg.json").read_text())[0]
+    assert rec["labels"] == ["background", "cat", "sofa"] and rec["protocol"]["mode"] == "clearclip"
+    labels = np.asarray(Image.open(out / "chelsea_labels.png"))
+    assert labels.shape == photos[1].shape[:2] and labels.max() <= 2
+    assert Image.open(out / "chelsea_overlay.png").size == (photos[1].shape[1], photos[1].shape[0])
+    args = ["run", "grounding", path, "--model", model, "--labels", "a cat", "a sofa", "--device", "cpu"]
+    assert main([*args, "--templates", "single", "--threshold", "0", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["image", "phrase", "score", "box", "xyxy"]
+    rec = json.loads((out / "grounding.json").read_text())[0]
+    assert all(d["label"] in ("a cat", "a sofa") for d in rec["detections"])
+    assert (out / "chelsea_grounding.png").exists()

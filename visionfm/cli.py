@@ -88,15 +88,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline on image files; print a table, optionally write JSON."""
     import json
 
+    import numpy as np
+
     from .pipelines import pipeline
 
-    kw = {"templates": args.templates} if args.task == "zero-shot-classification" and args.templates else {}
+    kw: dict = {"templates": args.templates} if args.templates else {}
+    if args.task in ("zero-shot-seg", "grounding"):
+        if args.mode:
+            kw["mode"] = args.mode
+        if args.refine:
+            kw["refine"] = [r.strip() for r in args.refine.split(",")]
+    labels = [x.strip() for item in (args.labels or []) for x in item.split(",") if x.strip()]
     pipe = pipeline(args.task, model=args.model, device=args.device, batch_size=args.batch_size, **kw)
     records = []
     if args.task == "zero-shot-classification":
-        if not args.labels:
+        if not labels:
             raise ValueError("zero-shot-classification needs --labels")
-        results = pipe(list(args.images), labels=args.labels, top_k=args.top_k, multi_label=args.multi_label)
+        results = pipe(list(args.images), labels=labels, top_k=args.top_k, multi_label=args.multi_label)
         rows = [
             [img, r[0]["label"], f"{r[0]['score']:.3f}", ", ".join(f"{d['label']} {d['score']:.2f}" for d in r[1:])]
             for img, r in zip(args.images, results)
@@ -130,6 +138,46 @@ def cmd_run(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             for img, r in zip(args.images, results):
                 r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_masks.png")
+    elif args.task == "zero-shot-seg":
+        if not labels:
+            raise ValueError("zero-shot-seg needs --labels (e.g. --labels 'cat,sofa')")
+        results = pipe(list(args.images), labels=labels, background=not args.no_background)
+        rows = [
+            [img, ", ".join(f"{lab} {100 * float((r.label_map == r.labels.index(lab)).float().mean()):.0f}%"
+                            for lab in r.masks)]
+            for img, r in zip(args.images, results)
+        ]  # fmt: skip
+        print(_table(rows, ["image", "labels (pixel share)"]))
+        records = [{"image": img, **r.to_dict()} for img, r in zip(args.images, results)]
+        if args.out:
+            from PIL import Image
+
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for img, r in zip(args.images, results):
+                stem = Path(img).stem
+                Image.fromarray(r.label_map.numpy().astype(np.uint16)).save(Path(args.out) / f"{stem}_labels.png")
+                Image.fromarray(r.colour_map()).save(Path(args.out) / f"{stem}_colours.png")
+                r.overlay(img).save(Path(args.out) / f"{stem}_overlay.png")
+    elif args.task == "grounding":
+        if not labels:
+            raise ValueError("grounding needs --labels (the phrases, e.g. --labels 'the red mug,a laptop')")
+        results = pipe(list(args.images), phrases=labels, threshold=args.threshold)
+        rows = [
+            [
+                img,
+                d["label"],
+                f"{d['score']:.3f}",
+                "({xmin:.0f}, {ymin:.0f}, {xmax:.0f}, {ymax:.0f})".format(**d["box"]),
+            ]
+            for img, r in zip(args.images, results)
+            for d in r.to_dict()
+        ]
+        print(_table(rows, ["image", "phrase", "score", "box xyxy"]))
+        records = [{"image": img, "detections": r.to_dict()} for img, r in zip(args.images, results)]
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for img, r in zip(args.images, results):
+                r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_grounding.png")
     else:
         raise ValueError(f"visionfm run does not support task {args.task!r}")
     if args.out:
@@ -159,15 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
     i.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
     i.set_defaults(func=cmd_info)
-    r = sub.add_parser(
-        "run", help="run a pipeline on image files (zero-shot-classification, feature-extraction, mask-generation)"
-    )
-    r.add_argument("task", choices=["zero-shot-classification", "feature-extraction", "mask-generation"])
+    tasks = ["zero-shot-classification", "feature-extraction", "mask-generation", "zero-shot-seg", "grounding"]
+    r = sub.add_parser("run", help=f"run a pipeline on image files ({', '.join(tasks)})")
+    r.add_argument("task", choices=tasks)
     r.add_argument("images", nargs="+", help="image files")
     r.add_argument("--model", required=True, help="alias, hub id, open_clip tag or local directory")
-    r.add_argument("--labels", nargs="*", help="class names (zero-shot-classification)")
+    r.add_argument("--labels", nargs="*", help="class names or phrases, space- or comma-separated")
     r.add_argument("--templates", help="template set (single, simple, imagenet80) or one template with {}")
     r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--mode", help="zero-shot-seg/grounding: dense CLIP mode (vanilla, maskclip, sclip, ...)")
+    r.add_argument("--refine", help="zero-shot-seg/grounding: 'pamr' and/or a SAM model, comma-separated")
+    r.add_argument("--no-background", action="store_true", help="zero-shot-seg: every pixel gets a label")
+    r.add_argument("--threshold", type=float, default=0.1, help="grounding: score threshold")
     r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
     r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
     r.add_argument("--crops-n-layers", type=int, default=0, help="automatic masks: extra layers of SAM crops")

@@ -14,6 +14,7 @@ from ..foundation.encoder import Encoder
 logger = logging.getLogger(__name__)
 
 _TASKS: dict[str, type[Pipeline]] = {}
+_LOAD_OPTIONS = ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend")
 
 
 def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
@@ -65,19 +66,7 @@ def pipeline(
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
     cls = _TASKS[task]
-    if isinstance(model, Encoder):
-        encoder = model
-    else:
-        from ..foundation.loading import load_encoder
-
-        name = model or cls.default_model
-        load_kw = {
-            k: kwargs.pop(k)
-            for k in list(kwargs)
-            if k in ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend")
-        }
-        encoder = load_encoder(name, device=device, dtype=dtype, **load_kw)
-    return cls(encoder, batch_size=batch_size, **kwargs)
+    return cls.build(model or cls.default_model, device=device, dtype=dtype, batch_size=batch_size, **kwargs)
 
 
 class Pipeline:
@@ -95,6 +84,27 @@ class Pipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder = encoder
         self.batch_size = batch_size
+
+    @classmethod
+    def build(
+        cls,
+        model: str | Encoder,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 32,
+        **kwargs: Any,
+    ) -> Pipeline:
+        """Load ``model`` (unless it is an :class:`Encoder` already) and build the pipeline; tasks whose models
+        are not encoders (e.g. detectors for grounding) override this."""
+        if isinstance(model, Encoder):
+            encoder = model
+        else:
+            from ..foundation.loading import load_encoder
+
+            load_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_OPTIONS}
+            encoder = load_encoder(model, device=device, dtype=dtype, **load_kw)
+        return cls(encoder, batch_size=batch_size, **kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -133,4 +143,4 @@ def _is_batch_like(x: Any) -> bool:
 
 
 def _ensure_builtins() -> None:
-    from . import feature_extraction, mask_generation, zero_shot, zero_shot_seg  # noqa: F401
+    from . import feature_extraction, grounding, mask_generation, zero_shot, zero_shot_seg  # noqa: F401
