@@ -26,6 +26,9 @@ _DEFAULT_BACKEND = {
     "dinov2-registers": "transformers",
     "sam": "transformers",
     "dit": "diffusers",
+    "owlv2": "transformers",
+    "owlvit": "transformers",
+    "grounding-dino": "transformers",
 }
 # kind -> (module, writer function)
 _WRITERS = {
@@ -36,6 +39,9 @@ _WRITERS = {
     "dinov2-registers": ("visionfm.foundation.dinov2", "write_tiny_dinov2_registers"),
     "sam": ("visionfm.foundation.sam", "write_tiny_sam"),
     "dit": ("visionfm.foundation.dit", "write_tiny_dit"),
+    "owlv2": ("visionfm.pipelines.detectors", "write_tiny_owlv2"),
+    "owlvit": ("visionfm.pipelines.detectors", "write_tiny_owlvit"),
+    "grounding-dino": ("visionfm.pipelines.detectors", "write_tiny_grounding_dino"),
 }
 
 
@@ -67,7 +73,7 @@ def tiny_checkpoint(
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:
-        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"`` or ``"dit"``.
+        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"dit"``, or the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``.
         backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
             one format each.
         root: parent directory; default: a per-user temp cache, so a test session writes each
@@ -107,7 +113,7 @@ def tiny_checkpoint(
 
 
 #: Bumped whenever a writer changes, so the shared temp cache never serves a stale tiny checkpoint.
-TINY_FORMAT = 2
+TINY_FORMAT = 3
 
 
 def _version_key() -> str:

@@ -110,3 +110,41 @@ def test_toyworld_grounding_dense_modes_beat_vanilla():
     rep = run(modes=("vanilla", "maskclip+pamr"), splits=("heldout",), num=40, num_val=20)
     ap = {r["mode"]: r["box_AP"] for r in rep["results"]}
     assert ap["maskclip+pamr"] > ap["vanilla"] + 0.05
+
+
+@pytest.mark.parametrize("kind", ["owlv2", "grounding-dino"])
+def test_detector_backend_equals_the_detector(kind, tiny_root, photos):
+    from visionfm.pipelines.detectors import OpenVocabDetector
+
+    path = tiny_checkpoint(kind, root=tiny_root)
+    gr = vfm.pipeline("grounding", model=str(path), device="cpu", nms_thresh=1.0)
+    assert gr.protocol["backend"] == kind
+    phrases = ["a cat", "a remote control"]
+    got = gr(photos[:2], phrases=phrases, threshold=0.05)
+    want = OpenVocabDetector.load(str(path)).detect(photos[:2], phrases, threshold=0.05)
+    for g, w in zip(got, want):
+        assert g.masks is None
+        order = torch.argsort(w["scores"], descending=True, stable=True)
+        torch.testing.assert_close(g.scores, w["scores"][order])
+        torch.testing.assert_close(g.boxes, w["boxes"][order])
+        assert torch.equal(g.labels, w["labels"][order])
+
+
+def test_detector_boxes_refined_by_sam_and_rescored(tiny_root, photos):
+    det_path = tiny_checkpoint("owlv2", root=tiny_root)
+    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint("sam", root=tiny_root)), device="cpu")
+    plain = vfm.pipeline("grounding", model=str(det_path), device="cpu", nms_thresh=1.0)
+    refined = vfm.pipeline("grounding", model=str(det_path), device="cpu", nms_thresh=1.0, refine=sam)
+    img = photos[1]
+    a = plain(img, phrases=["a cat"], threshold=0.0)
+    b = refined(img, phrases=["a cat"], threshold=0.0)
+    want = sam(img, boxes=a.boxes.tolist())
+    rescored = a.scores * want.scores.clamp(0, 1)
+    order = torch.argsort(rescored, descending=True, stable=True)
+    assert b.masks.shape == (len(a), *img.shape[:2])
+    assert torch.equal(b.masks, want.masks[order])
+    torch.testing.assert_close(b.scores, rescored[order])
+    with pytest.raises(ValueError, match="training-free"):
+        plain(img, phrases=["a cat"], cos_thresh=0.2)
+    with pytest.raises(ValueError, match="pamr"):
+        vfm.pipeline("grounding", model=str(det_path), device="cpu", refine="pamr")

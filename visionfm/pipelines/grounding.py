@@ -254,7 +254,7 @@ class GroundingPipeline(Pipeline):
             if cos_thresh is not None:
                 raise ValueError("cos_thresh applies to the training-free (CLIP) backend")
             dets = self.detector.detect(
-                pixels, phrases, threshold=0.0 if self.sam is not None else threshold,
+                pixels, phrases, threshold=threshold,  # SAM rescoring only lowers scores: pre-filtering is exact
                 text_threshold=text_threshold, batch_size=self.batch_size,
             )  # fmt: skip
             raw = [(d["boxes"].float().cpu(), d["scores"].float().cpu(), d["labels"].long().cpu(), None) for d in dets]
