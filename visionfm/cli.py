@@ -51,6 +51,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run an evaluation suite, or aggregate results into a report."""
+    if args.report:
+        from .eval.report import build_report
+
+        path = build_report(args.report, args.out or args.report)
+        print(f"wrote {path}")
+        return 0
+    if not args.suite or not args.model:
+        raise ValueError("visionfm eval needs SUITE and --model (or --report DIR)")
+    from .eval.runner import Runner
+    from .eval.suite import load_suite
+
+    suite = load_suite(args.suite, overrides={"num": args.num} if args.num else None)
+    runner = Runner(suite, args.model, args.out or "results", batch_size=args.batch_size, chunk_size=args.chunk_size,
+                    num_workers=args.num_workers)  # fmt: skip
+    report = runner.run()
+    if runner.is_main:
+        rows = []
+        for r in report["results"]:
+            main_metric = next(iter(r["metrics"]), None)
+            value = r["metrics"].get(main_metric) if main_metric else None
+            shown = f"{100 * value:.1f}" if isinstance(value, float) else "-"
+            rows.append([r["name"], r["dataset"], str(main_metric), shown, str(r["samples"]), str(r["skipped"])])
+        print(_table(rows, ["task", "dataset", "metric", "value %", "samples", "skipped"]))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run a recipe YAML."""
     from .training.recipes import run_recipe
@@ -226,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.add_argument("--out", help="directory for the JSON results")
     r.set_defaults(func=cmd_run)
+    e = sub.add_parser("eval", help="run an evaluation suite (shipped name or YAML), or --report DIR")
+    e.add_argument("suite", nargs="?", help="shipped suite name (toyworld, ...) or a YAML file")
+    e.add_argument("--model", help="alias, hub id, open_clip tag or local directory")
+    e.add_argument("--out", help="results directory (default: results/, or the --report directory)")
+    e.add_argument("--report", help="aggregate the result JSONs under this directory into report.md + plots")
+    e.add_argument("--num", type=int, help="cap every dataset at N samples (quick runs)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--chunk-size", type=int, default=256, help="samples per persisted chunk (unit of resume)")
+    e.add_argument("--num-workers", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
     t = sub.add_parser("train", help="run a recipe YAML (e.g. recipes/toyworld_clip.yaml)")
     t.add_argument("recipe", help="recipe path or built-in name")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")

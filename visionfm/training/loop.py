@@ -202,7 +202,9 @@ class Trainer:
 
         self.cfg = config
         self.out = Path(config.output_dir)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(self.out))
+        self.accelerator = Accelerator(  # cpu=True lets torchrun / accelerate launch use gloo without GPUs
+            mixed_precision=config.mixed_precision, project_dir=str(self.out), cpu=not torch.cuda.is_available()
+        )
         self.loss_fn = loss_fn
         self.data = train_data
         self.iterable = isinstance(train_data, IterableDataset)

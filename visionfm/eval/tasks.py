@@ -1,0 +1,264 @@
+"""Suite tasks: each turns a runner's (cached, gathered) per-sample rows into metrics.
+
+Every task returns ``{"task", "dataset", "metrics": {...}, "samples", "skipped", "protocol", ...}``; classification
+tasks add ``per_class`` (names, recall) and ``confusion`` (rows = true class); segmentation adds per-class IoU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def run_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """Dispatch ``task["task"]`` to its implementation."""
+    fn = {
+        "zero_shot_classification": zero_shot_classification,
+        "linear_probe": linear_probe,
+        "knn": knn,
+        "retrieval": retrieval,
+        "segmentation": segmentation,
+        "detection": detection,
+    }[task["task"]]
+    return fn(runner, task)
+
+
+def _task_key(task: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _classification_result(
+    task: dict[str, Any],
+    dataset: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    n: int,
+    skipped: int,
+) -> dict[str, Any]:
+    from .metrics import ClassificationMetric
+
+    bad = (labels < 0) | (labels >= len(names))
+    if bad.any():
+        raise ValueError(f"task {task['name']}: {int(bad.sum())} labels outside 0..{len(names) - 1} ({names[:5]}...)")
+    m = ClassificationMetric(len(names))
+    m.update(logits, labels)
+    metrics = m.compute()
+    samples = int(metrics.pop("samples", len(labels)))
+    return {
+        "task": task["task"],
+        "dataset": dataset,
+        "metrics": metrics,
+        "samples": samples,
+        "skipped": skipped,
+        "per_class": {"names": names, "recall": [None if np.isnan(r) else float(r) for r in m.per_class_recall]},
+        "confusion": m.confusion.tolist(),
+    }
+
+
+def _names(runner: Any, task: dict[str, Any], dataset: str) -> list[str]:
+    names = task.get("classnames") or runner.dataset(dataset).classnames
+    if not names:
+        raise ValueError(f"task {task['name']}: dataset {dataset!r} has no class names; give 'classnames'")
+    return list(names)
+
+
+def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{dataset, templates (set name, list or {label: prompts}; default "imagenet80"), classnames}``:
+    acc1, acc5, mean per-class recall of the prompt-ensemble classifier."""
+    from ..pipelines.zero_shot import class_logits, text_classifier
+
+    name = task["dataset"]
+    names = _names(runner, task, name)
+    feats = runner.features(name)
+    valid = feats["valid"]
+    templates = task.get("templates", "imagenet80")
+    with torch.inference_mode():
+        weights = text_classifier(runner.encoder, names, templates)
+        logits = class_logits(runner.encoder, feats["pooled"][valid].to(runner.encoder.device), weights).cpu()
+    res = _classification_result(task, name, logits, feats["label"][valid], names, len(valid), int((~valid).sum()))
+    res["protocol"] = {"templates": templates if isinstance(templates, str) else list(templates) if not isinstance(
+        templates, dict) else templates, "logit_scale": float(getattr(runner.encoder, "logit_scale", 100.0))}  # fmt: skip
+    return res
+
+
+def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{train, val (optional: else the last 20% of train), test, weight_decays, epochs}``: logistic regression on
+    frozen pooled features (cached), regularisation chosen on val, retrained on train+val, scored on test."""
+    from .probe import linear_probe as probe
+
+    tr = runner.features(task["train"])
+    te = runner.features(task["test"])
+    names = _names(runner, task, task["test"])
+    trx, try_ = tr["pooled"][tr["valid"]], tr["label"][tr["valid"]]
+    if task.get("val"):
+        va = runner.features(task["val"])
+        vax, vay = va["pooled"][va["valid"]], va["label"][va["valid"]]
+    else:
+        cut = int(0.8 * len(trx))
+        trx, vax, try_, vay = trx[:cut], trx[cut:], try_[:cut], try_[cut:]
+    kw = {k: task[k] for k in ("weight_decays", "epochs", "seed") if k in task}
+    if "weight_decays" in kw:
+        kw["weight_decays"] = tuple(float(w) for w in kw["weight_decays"])
+    out = probe(trx, try_, vax, vay, te["pooled"][te["valid"]], te["label"][te["valid"]], num_classes=len(names), **kw)
+    metrics = {k: out[k] for k in ("acc1", "acc5", "mean_per_class_recall") if k in out}
+    return {
+        "task": "linear_probe",
+        "dataset": task["test"],
+        "metrics": metrics,
+        "samples": int(out.get("test_samples", int(te["valid"].sum()))),
+        "skipped": int((~te["valid"]).sum() + (~tr["valid"]).sum()),
+        "protocol": {"train": task["train"], "val": task.get("val", "last 20% of train"),
+                     "chosen_weight_decay": out.get("chosen_weight_decay"), "val_acc1": out.get("val_acc1")},
+    }  # fmt: skip
+
+
+def knn(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{train, test, k (20), temperature (0.07)}``: DINO's weighted kNN on L2-normalised pooled features."""
+    from .metrics import knn_classify
+
+    tr = runner.features(task["train"])
+    te = runner.features(task["test"])
+    names = _names(runner, task, task["test"])
+    k, temp = int(task.get("k", 20)), float(task.get("temperature", 0.07))
+    scores = knn_classify(tr["pooled"][tr["valid"]], tr["label"][tr["valid"]], te["pooled"][te["valid"]],
+                          num_classes=len(names), k=k, temperature=temp)  # fmt: skip
+    res = _classification_result(task, task["test"], scores, te["label"][te["valid"]], names, len(te["valid"]),
+                                 int((~te["valid"]).sum()))  # fmt: skip
+    res["protocol"] = {"train": task["train"], "k": k, "temperature": temp}
+    return res
+
+
+def retrieval(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{dataset, captions_per_image (5)}``: image→text and text→image recall@1/5/10 over the dataset's
+    captions (the first ``captions_per_image`` of each image)."""
+    from .metrics import retrieval_metrics
+
+    name = task["dataset"]
+    cpi = int(task.get("captions_per_image", 5))
+    enc = runner.encoder
+    if not enc.info.has_text:
+        raise TypeError(f"task {task['name']}: retrieval needs a text-capable model, {enc.info.name!r} has none")
+
+    def fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        img = enc.encode([s["image"] for s in samples], batch_size=runner.batch_size, progress=False).pooled.float()
+        texts, mask = [], torch.zeros(len(samples), cpi, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            caps = list(s["captions"])[:cpi]
+            mask[i, : len(caps)] = True
+            texts += caps + [""] * (cpi - len(caps))
+        txt = enc.encode_text(texts).float().reshape(len(samples), cpi, -1)
+        return {"image": img.cpu(), "text": txt.cpu(), "text_mask": mask}
+
+    rows = runner.map_chunks(f"retrieval/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{cpi}",
+                             runner.dataset(name), fn, f"retrieval {name}")  # fmt: skip
+    valid = rows["valid"]
+    img, txt, mask = rows["image"][valid], rows["text"][valid], rows["text_mask"][valid]
+    owner = torch.arange(len(img))[:, None].expand_as(mask)[mask]
+    metrics = retrieval_metrics(img, txt[mask], owner)
+    return {
+        "task": "retrieval",
+        "dataset": name,
+        "metrics": {k: v for k, v in metrics.items() if "@" in k},
+        "samples": int(valid.sum()),
+        "texts": int(mask.sum()),
+        "skipped": int((~valid).sum()),
+        "protocol": {"captions_per_image": cpi},
+    }
+
+
+def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{dataset (targets: int label maps, 0 = background), classnames, mode, templates, short_side, window,
+    stride, cos_thresh, prob_thresh, refine}``: zero-shot-seg mIoU / aAcc / mAcc (background + classes)."""
+    from ..pipelines.zero_shot_seg import ZeroShotSegPipeline
+    from .metrics import SegmentationMetric
+
+    name = task["dataset"]
+    names = _names(runner, task, name)
+    opts = {k: task[k] for k in ("mode", "templates", "short_side", "window", "stride", "logit_scale", "refine",
+                                 "prob_thresh", "cos_thresh") if k in task}  # fmt: skip
+    seg = ZeroShotSegPipeline(runner.encoder, batch_size=runner.batch_size, **opts)
+    k = len(names) + 1
+
+    def fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = torch.zeros(len(samples), k, k, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s["target"] is None:
+                raise ValueError(f"task {task['name']}: sample {s['id']} has no segmentation target")
+            pred = seg._run([s["image"]], names, background=True)[0].label_map
+            m = SegmentationMetric(k)
+            m.update(pred, np.asarray(s["target"]))
+            out[i] = torch.from_numpy(m.confusion)
+        return {"confusion": out}
+
+    rows = runner.map_chunks(f"segmentation/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{_task_key(task)}",
+                             runner.dataset(name), fn, f"segmentation {name}")  # fmt: skip
+    valid = rows["valid"]
+    metric = SegmentationMetric(k)
+    metric.confusion = rows["confusion"][valid].sum(0).numpy().astype(np.int64)
+    out = metric.compute()
+    iou = out.pop("IoU")
+    pixels = out.pop("pixels")
+    return {
+        "task": "segmentation",
+        "dataset": name,
+        "metrics": out,
+        "samples": int(valid.sum()),
+        "pixels": pixels,
+        "skipped": int((~valid).sum()),
+        "per_class": {"names": ["background", *names], "iou": [None if np.isnan(v) else v for v in iou]},
+        "protocol": seg.protocol,
+    }
+
+
+def detection(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """``{dataset (COCO source), phrases (default: the category names), threshold, max_detections (100), and
+    grounding options (mode, templates, cos_thresh, refine, ...)}``: COCO box AP of ``pipeline("grounding")``."""
+    from ..pipelines.grounding import GroundingPipeline
+    from .metrics import coco_detection_ap
+
+    name = task["dataset"]
+    ds = runner.dataset(name)
+    if not hasattr(ds, "coco"):
+        raise ValueError(f"task {task['name']}: detection needs a COCO dataset (source: coco), {name!r} is not")
+    phrases = list(task.get("phrases") or ds.classnames)
+    max_det = int(task.get("max_detections", 100))
+    opts = {k: task[k] for k in ("mode", "templates", "short_side", "window", "stride", "refine", "nms_thresh",
+                                 "min_area") if k in task}  # fmt: skip
+    gr = GroundingPipeline(runner.encoder, batch_size=runner.batch_size, **opts)
+    thr, cos = float(task.get("threshold", 0.0)), task.get("cos_thresh")
+
+    def fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        boxes = torch.zeros(len(samples), max_det, 4)
+        scores = torch.full((len(samples), max_det), -1.0)
+        labels = torch.zeros(len(samples), max_det, dtype=torch.long)
+        for i, s in enumerate(samples):
+            r = gr._run([s["image"]], phrases, threshold=thr, cos_thresh=cos)[0]
+            n = min(len(r), max_det)
+            boxes[i, :n], scores[i, :n], labels[i, :n] = r.boxes[:n], r.scores[:n], r.labels[:n]
+        return {"boxes": boxes, "scores": scores, "labels": labels}
+
+    rows = runner.map_chunks(f"detection/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{_task_key(task)}",
+                             ds, fn, f"detection {name}")  # fmt: skip
+    valid = rows["valid"]
+    cat_ids = [c["id"] for c in ds.categories]
+    images = [ds.coco["images"][i] for i in rows["index"][valid].tolist()]
+    keep_ids = {im["id"] for im in images}
+    anns = [a for a in ds.coco["annotations"] if a["image_id"] in keep_ids]
+    dets = []
+    for row, im in zip(torch.nonzero(valid)[:, 0].tolist(), images):
+        for b, s, lab in zip(rows["boxes"][row], rows["scores"][row], rows["labels"][row]):
+            if s >= 0:
+                x0, y0, x1, y1 = (float(v) for v in b)
+                dets.append({"image_id": im["id"], "category_id": cat_ids[int(lab)], "bbox": [x0, y0, x1 - x0, y1 - y0],
+                             "score": float(s)})  # fmt: skip
+    metrics = coco_detection_ap(images, anns, ds.categories, dets, iou_types=("bbox",))
+    return {"task": "detection", "dataset": name, "metrics": metrics, "samples": int(valid.sum()),
+            "skipped": int((~valid).sum()), "protocol": dict(gr.protocol, phrases=phrases, threshold=thr)}  # fmt: skip
