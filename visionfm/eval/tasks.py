@@ -71,7 +71,8 @@ def _names(runner: Any, task: dict[str, Any], dataset: str) -> list[str]:
 
 
 def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
-    """``{dataset, templates (set name, list or {label: prompts}; default "imagenet80"), classnames}``:
+    """``{dataset, templates (set name, list or {label: prompts}; default: the dataset's ``templates``, else
+    "imagenet80"), classnames}``:
     acc1, acc5, mean per-class recall of the prompt-ensemble classifier."""
     from ..pipelines.zero_shot import class_logits, text_classifier
 
@@ -79,7 +80,7 @@ def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any
     names = _names(runner, task, name)
     feats = runner.features(name)
     valid = feats["valid"]
-    templates = task.get("templates", "imagenet80")
+    templates = task.get("templates", runner.suite.datasets[name].get("templates", "imagenet80"))
     with torch.inference_mode():
         weights = text_classifier(runner.encoder, names, templates)
         logits = class_logits(runner.encoder, feats["pooled"][valid].to(runner.encoder.device), weights).cpu()
