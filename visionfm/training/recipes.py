@@ -93,7 +93,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 def run_recipe(recipe: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> Path:
     """Run a recipe (dict or YAML path) and return its output checkpoint directory."""
-    from . import clip_pretrain  # noqa: F401  (registers its task)
+    from . import clip_pretrain, finetune  # noqa: F401  (register their tasks)
 
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe, overrides)

@@ -1,0 +1,82 @@
+"""Heads and the ``classification`` recipe task (linear probe / full fine-tuning / adapters) on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import visionfm as vfm
+from visionfm.adapters.heads import ClassificationHead, EncoderWithHead, SegmentationHead
+from visionfm.testing import tiny_checkpoint
+from visionfm.training.recipes import run_recipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_heads_shapes_and_errors(tiny_root):
+    enc = vfm.load_encoder(str(tiny_checkpoint("dinov2", root=tiny_root)), device="cpu")
+    x = torch.randn(2, 3, *enc.info.image_size)
+    cls = EncoderWithHead(enc, ClassificationHead(enc.info.embed_dim, 5, kind="mlp", hidden=16))
+    assert cls(x).shape == (2, 5)
+    for kind in ("linear", "upsample"):
+        seg = EncoderWithHead(enc, SegmentationHead(enc.info.width, 3, kind=kind, hidden=8))
+        assert seg(x).shape == (2, 3, *enc.info.image_size)
+    with pytest.raises(ValueError, match="linear"):
+        ClassificationHead(4, 2, kind="conv")
+    with pytest.raises(ValueError, match="upsample"):
+        SegmentationHead(4, 2, kind="mlp")
+
+
+def _recipe(tmp_path, model, tuning, steps=6):
+    return {
+        "task": "classification",
+        "model": str(model),
+        "tuning": tuning,
+        "head": {"kind": "linear"},
+        "data": {
+            "train": {"source": "toyworld", "split": "train", "num": 48, "label": "colour", "image_size": 48},
+            "test": {"source": "toyworld", "split": "test", "num": 20, "label": "colour", "image_size": 48},
+        },
+        "train": {"output_dir": str(tmp_path / tuning), "max_steps": steps, "batch_size": 8, "lr": 0.01,
+                  "save_every": 3, "log_every": 1, "num_workers": 0, "progress": False},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("tuning", ["linear_probe", "full"])
+def test_classification_recipe_trains_and_evaluates(tmp_path, tiny_root, tuning):
+    from safetensors.torch import load_file
+
+    model = tiny_checkpoint("clip", "open_clip", root=tiny_root)
+    before = {k: v.clone() for k, v in vfm.load_encoder(str(model), device="cpu").state_dict().items()}
+    out = run_recipe(_recipe(tmp_path, model, tuning))
+    res = json.loads((out / "eval.json").read_text())
+    assert res["test"]["samples"] == 20 and 0 <= res["test"]["acc1"] <= 1
+    head = load_file(str(out / "head.safetensors"))
+    assert head["net.weight"].shape[0] == 6  # six colours
+    if tuning == "linear_probe":
+        assert res["trainable_parameters"] == head["net.weight"].numel() + head["net.bias"].numel()
+        assert not (out / "encoder.safetensors").exists()
+    else:
+        assert res["trainable_parameters"] == res["total_parameters"]
+        tuned = load_file(str(out / "encoder.safetensors"))
+        assert any(not torch.equal(tuned[k], before[k]) for k in before if k in tuned)  # the encoder did train
+
+
+def test_classification_recipe_errors(tmp_path, tiny_root):
+    model = tiny_checkpoint("clip", "open_clip", root=tiny_root)
+    bad = _recipe(tmp_path, model, "lora")
+    bad["tuning"] = "prefix"
+    with pytest.raises(ValueError, match="tuning must be one of"):
+        run_recipe(bad)
+    bad = _recipe(tmp_path, model, "full")
+    del bad["data"]
+    with pytest.raises(ValueError, match="needs 'model', 'data.train'"):
+        run_recipe(bad)
