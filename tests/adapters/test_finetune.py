@@ -80,3 +80,22 @@ def test_classification_recipe_errors(tmp_path, tiny_root):
     del bad["data"]
     with pytest.raises(ValueError, match="needs 'model', 'data.train'"):
         run_recipe(bad)
+
+
+def test_segmentation_recipe_trains_and_reports_miou(tmp_path, tiny_root):
+    model = tiny_checkpoint("dinov2", root=tiny_root)
+    data = {"source": "toyworld", "label": "none", "max_objects": 2, "image_size": 56, "target": "semantic_colour"}
+    recipe = {
+        "task": "segmentation",
+        "model": str(model),
+        "tuning": "linear_probe",
+        "classnames": ["red", "green", "blue", "yellow", "purple", "orange"],
+        "head": {"kind": "upsample", "hidden": 8},
+        "data": {"train": dict(data, split="train", num=16), "test": dict(data, split="test", num=4)},
+        "train": {"output_dir": str(tmp_path / "seg"), "max_steps": 4, "batch_size": 4, "lr": 0.01, "save_every": 2,
+                  "log_every": 1, "num_workers": 0, "progress": False},
+    }  # fmt: skip
+    out = run_recipe(recipe)
+    res = json.loads((out / "eval.json").read_text())
+    assert 0 <= res["test"]["mIoU"] <= 1 and len(res["test"]["IoU"]) == 7
+    assert res["trainable_parameters"] < res["total_parameters"]
