@@ -99,3 +99,26 @@ def test_segmentation_recipe_trains_and_reports_miou(tmp_path, tiny_root):
     res = json.loads((out / "eval.json").read_text())
     assert 0 <= res["test"]["mIoU"] <= 1 and len(res["test"]["IoU"]) == 7
     assert res["trainable_parameters"] < res["total_parameters"]
+
+
+def test_load_encoder_and_pipelines_take_a_saved_adapter(tmp_path, tiny_root, photos):
+    from visionfm import adapters
+
+    path = tiny_checkpoint("clip", "transformers", root=tiny_root)
+    enc = vfm.load_encoder(str(path), device="cpu")
+    adapters.attach(enc, "lora", r=4)
+    for name, p in enc.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a trained-looking adapter (B = 0 would be a no-op)
+    saved = adapters.save(enc, tmp_path / "adapter")
+    loaded = vfm.load_encoder(str(path), device="cpu", adapter=str(saved))
+    plain = vfm.load_encoder(str(path), device="cpu")
+    x = loaded.preprocess(photos[:2])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x).pooled, enc.eval()(x).pooled, atol=1e-6, rtol=0)
+        assert not torch.allclose(loaded(x).pooled, plain(x).pooled, atol=1e-4)
+    clf = vfm.pipeline("zero-shot-classification", model=str(path), device="cpu", adapter=str(saved))
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(enc(x).pooled, dim=-1)
+    got = clf.encoder.encode(photos[:2]).pooled
+    torch.testing.assert_close(torch.nn.functional.normalize(got, dim=-1), want, atol=1e-6, rtol=0)

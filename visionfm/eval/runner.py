@@ -96,11 +96,10 @@ class Runner:
         accelerator: Any = None,
         after_chunk: Callable[[int], None] | None = None,
     ) -> None:
-        from accelerate import Accelerator
+        from ..training.loop import make_accelerator
 
         self.suite = suite if isinstance(suite, Suite) else load_suite(suite)
-        # cpu=True is what makes Accelerate set up gloo for torchrun/accelerate launch on a machine without GPUs
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator()
         if isinstance(model, Encoder):
             self.encoder = model
             self.model_name = model.info.name

@@ -290,6 +290,7 @@ def load_encoder(
     local_files_only: bool | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Encoder:
     """Build an encoder from an alias, a hub id, an open_clip tag or a local directory.
@@ -307,6 +308,8 @@ def load_encoder(
         local_files_only: never use the network (default: ``HF_HUB_OFFLINE``).
         revision: hub revision.
         cache_dir: Hugging Face cache directory.
+        adapter: a PEFT adapter directory (``visionfm.adapters.save``) or hub id, loaded onto the encoder
+            frozen, for inference (see ``visionfm.adapters.load_adapter``).
         **overrides: family options (e.g. ``timestep=`` for DiT); unknown ones raise, listing the
             valid ones.
 
@@ -360,6 +363,10 @@ def load_encoder(
     )
     enc = family.build(req)
     enc = enc.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
+    if adapter is not None:
+        from ..adapters import load_adapter
+
+        load_adapter(enc, adapter, allow_pickle=allow_pickle, local_files_only=local_files_only, cache_dir=cache_dir)
     logger.info("loaded %s (%s/%s) from %s on %s", name, family.name, chosen, path, enc.device)
     return enc
 
@@ -370,5 +377,5 @@ def _validate_options(family: str, overrides: dict[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid) or 'none'} "
-            "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir)"
+            "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir, adapter)"
         )

@@ -14,7 +14,7 @@ from ..foundation.encoder import Encoder
 logger = logging.getLogger(__name__)
 
 _TASKS: dict[str, type[Pipeline]] = {}
-_LOAD_OPTIONS = ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend")
+_LOAD_OPTIONS = ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend", "adapter")
 
 
 def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:

@@ -173,6 +173,24 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def make_accelerator(**kwargs: Any) -> Any:
+    """An ``accelerate.Accelerator`` that works in every setting this library runs in.
+
+    - Without GPUs it passes ``cpu=True``: that is what makes Accelerate set up gloo under ``torchrun`` /
+      ``accelerate launch``, so several CPU processes really share the work.
+    - In a single process it first clears Accelerate's process-wide state. Accelerate keeps one state per
+      process and refuses a second ``Accelerator`` with other settings (e.g. an evaluation, then bf16 training in
+      the same Python session). Distributed runs keep their state.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    kwargs.setdefault("cpu", not torch.cuda.is_available())
+    return Accelerator(**kwargs)
+
+
 class Trainer:
     """Runs a recipe's model + loss on a dataset under Accelerate.
 
@@ -198,13 +216,10 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         param_groups: list[dict[str, Any]] | None = None,
     ) -> None:
-        from accelerate import Accelerator
 
         self.cfg = config
         self.out = Path(config.output_dir)
-        self.accelerator = Accelerator(  # cpu=True lets torchrun / accelerate launch use gloo without GPUs
-            mixed_precision=config.mixed_precision, project_dir=str(self.out), cpu=not torch.cuda.is_available()
-        )
+        self.accelerator = make_accelerator(mixed_precision=config.mixed_precision, project_dir=str(self.out))
         self.loss_fn = loss_fn
         self.data = train_data
         self.iterable = isinstance(train_data, IterableDataset)
