@@ -1,4 +1,10 @@
-"""Adapters on visionfm encoders: PEFT methods (LoRA, DoRA, LoHa, LoKr, IA3) through PEFT itself."""
+"""Adapters on visionfm encoders.
+
+- PEFT methods (LoRA, DoRA, LoHa, LoKr, IA3) through PEFT itself: :func:`attach`, :func:`save`, :func:`load_adapter`,
+  :func:`merge`; saved adapters are standard PEFT directories.
+- CLIP prompt learning (CoOp): :class:`PromptLearner`, :func:`coop_logits`.
+- Task heads on ``Features``: :mod:`visionfm.adapters.heads`.
+"""
 
 from .peft_adapters import (
     METHODS,
@@ -12,12 +18,15 @@ from .peft_adapters import (
     target_modules,
     trainable_parameters,
 )
+from .prompt_learning import PromptLearner, coop_logits
 
 __all__ = [
     "METHODS",
+    "PromptLearner",
     "TargetLayout",
     "attach",
     "base_module",
+    "coop_logits",
     "load_adapter",
     "merge",
     "register_layout",
