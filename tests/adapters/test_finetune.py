@@ -122,3 +122,30 @@ def test_load_encoder_and_pipelines_take_a_saved_adapter(tmp_path, tiny_root, ph
         want = torch.nn.functional.normalize(enc(x).pooled, dim=-1)
     got = clf.encoder.encode(photos[:2]).pooled
     torch.testing.assert_close(torch.nn.functional.normalize(got, dim=-1), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "kind", "backend", "size"),
+    [
+        ("lora_dinov2_classification", "dinov2", None, 56),
+        ("lora_clip_segmentation", "clip", "transformers", 48),
+        ("lora_toyworld_classification", "clip-resnet", "open_clip", 64),
+    ],
+)
+def test_shipped_adapter_recipes_run(recipe, kind, backend, size, tmp_path, tiny_root):
+    """The shipped recipes run end to end (on tiny checkpoints in place of the hub models) and save PEFT adapters."""
+    import peft
+
+    from visionfm.training.recipes import load_recipe
+
+    model = tiny_checkpoint(kind, backend, root=tiny_root)
+    overrides = [
+        f"model={model}", f"train.output_dir={tmp_path / recipe}", "train.max_steps=2", "train.batch_size=4",
+        "train.save_every=1", "train.num_workers=0", "train.progress=false", "train.mixed_precision=no",
+        "data.train.num=8", "data.test.num=4", f"data.train.image_size={size}", f"data.test.image_size={size}",
+    ]  # fmt: skip
+    out = run_recipe(load_recipe(recipe, overrides))
+    res = json.loads((out / "eval.json").read_text())
+    assert res["tuning"] == "lora" and 0 < res["trainable_parameters"] < res["total_parameters"]
+    cfg = peft.PeftConfig.from_pretrained(str(out / "adapter"))
+    assert cfg.peft_type == peft.PeftType.LORA and (out / "adapter" / "adapter_model.safetensors").exists()

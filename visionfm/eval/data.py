@@ -114,7 +114,7 @@ def _limit(items: list, num: int | None) -> list:
 
 
 def _toyworld(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDataset:
-    """``{split, num, label: colour_shape|shape|colour|none, seed, image_size, min_objects, max_objects,
+    """``{split, num, label: colour_shape|shape|colour|size|position|none, seed, image_size, min_objects, max_objects,
     target: none|semantic_colour|semantic_shape}``."""
     from ..data.toyworld import ToyWorld, class_names
 
@@ -124,11 +124,17 @@ def _toyworld(name: str, spec: dict[str, Any], root: Path, num: int | None) -> E
               min_objects=int(spec.get("min_objects", 1)), max_objects=int(spec.get("max_objects", 1)))  # fmt: skip
     world = ToyWorld(spec.get("split", "test"), n, **kw)
     target = spec.get("target", "none")
-    names = class_names(label) if label != "none" else []
+    from ..data.toyworld import POSITIONS, SIZES
+
+    attrs = {"size": SIZES, "position": POSITIONS}  # attributes of the (first) object, beyond toyworld's KINDS
+    names = list(attrs[label]) if label in attrs else class_names(label) if label != "none" else []
 
     def load(i: int) -> tuple:
         sc = world[i]
-        lab = sc.label(label) if label != "none" else -1
+        if label in attrs:
+            lab = list(attrs[label]).index(getattr(sc.objects[0], label))
+        else:
+            lab = sc.label(label) if label != "none" else -1
         tgt = None
         if target != "none":
             from .toyworld_seg import target_map

@@ -99,6 +99,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "save_every", "log_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision is False or self.mixed_precision is None:  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
