@@ -149,3 +149,29 @@ def test_shipped_adapter_recipes_run(recipe, kind, backend, size, tmp_path, tiny
     assert res["tuning"] == "lora" and 0 < res["trainable_parameters"] < res["total_parameters"]
     cfg = peft.PeftConfig.from_pretrained(str(out / "adapter"))
     assert cfg.peft_type == peft.PeftType.LORA and (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_coop_tuning_and_an_eval_suite_at_the_end(tmp_path, tiny_root):
+    from visionfm.adapters import PromptLearner
+
+    model = tiny_checkpoint("clip", "open_clip", root=tiny_root)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\ndatasets:\n  a: {source: toyworld, split: test, num: 12, label: colour, image_size: 48}\n"
+        "tasks:\n  - {task: zero_shot_classification, dataset: a, templates: single}\n"
+    )
+    recipe = _recipe(tmp_path, model, "coop")
+    recipe["coop"] = {"n_ctx": 4, "init": "a photo of a"}
+    recipe["eval_suite"] = str(suite)
+    out = run_recipe(recipe)
+    res = json.loads((out / "eval.json").read_text())
+    assert res["trainable_parameters"] == 4 * 32  # four context vectors of the text width, nothing else
+    assert res["eval_suite"][0]["samples"] == 12
+    enc = vfm.load_encoder(str(model), device="cpu")
+    learner = PromptLearner.from_file(out / "coop_context.safetensors", enc)
+    assert learner().shape == (6, enc.info.embed_dim)
+    bad = _recipe(tmp_path, model, "coop")
+    bad["task"] = "segmentation"
+    bad["classnames"] = ["red"]
+    with pytest.raises(ValueError, match="classification task only"):
+        run_recipe(bad)

@@ -3,7 +3,9 @@
 ```yaml
 task: classification
 model: toyworld-clip                     # anything load_encoder accepts
-tuning: lora                             # linear_probe | full | lora | dora | loha | lokr | ia3
+tuning: lora                             # linear_probe | full | lora | dora | loha | lokr | ia3 | coop (CLIP)
+coop: {n_ctx: 4, init: "a photo of a"}   # options of visionfm.adapters.PromptLearner (tuning: coop)
+eval_suite: toyworld                     # optional: run this suite on the tuned encoder at the end
 adapter: {r: 8, targets: attention}      # options of visionfm.adapters.attach (adapter methods only)
 head: {kind: linear}                     # linear | mlp (hidden: 512)
 data:
@@ -32,7 +34,21 @@ from .recipes import register_task
 
 logger = logging.getLogger(__name__)
 
-TUNINGS = ("linear_probe", "full", "lora", "dora", "loha", "lokr", "ia3")
+TUNINGS = ("linear_probe", "full", "lora", "dora", "loha", "lokr", "ia3", "coop")
+
+
+class CoOpClassifier(torch.nn.Module):
+    """CLIP with CoOp's learnable text context as the classifier: logits ``[B, K]`` (only the context trains)."""
+
+    def __init__(self, encoder: Any, learner: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.learner = learner
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        from ..adapters import coop_logits
+
+        return coop_logits(self.encoder, self.learner, pixel_values)
 
 
 class PreprocessedDataset(Dataset):
@@ -81,13 +97,17 @@ def run(recipe: dict[str, Any]) -> Path:
         raise ValueError("data.train has no class names; give 'classnames'")
     for p in encoder.parameters():
         p.requires_grad_(tuning == "full")
-    if tuning not in ("linear_probe", "full"):
-        from .. import adapters
+    if tuning == "coop":  # CLIP prompt learning: the text side is the classifier, no head
+        from ..adapters import PromptLearner
 
-        adapters.attach(encoder, tuning, **dict(recipe.get("adapter") or {}))
-    head_cfg = dict(recipe.get("head") or {})
-    head = ClassificationHead(encoder.info.embed_dim, len(names), **head_cfg)
-    model = EncoderWithHead(encoder, head)
+        model = CoOpClassifier(encoder, PromptLearner(encoder, names, **dict(recipe.get("coop") or {})))
+    else:
+        if tuning not in ("linear_probe", "full"):
+            from .. import adapters
+
+            adapters.attach(encoder, tuning, **dict(recipe.get("adapter") or {}))
+        head_cfg = dict(recipe.get("head") or {})
+        model = EncoderWithHead(encoder, ClassificationHead(encoder.info.embed_dim, len(names), **head_cfg))
     trainable, total = _trainable(model)
     logger.info("%s: %d trainable of %d parameters", tuning, trainable, total)
     loss_f = torch.nn.CrossEntropyLoss()
@@ -118,15 +138,21 @@ def run(recipe: dict[str, Any]) -> Path:
                     metric.update(m(x).cpu(), torch.tensor([s["label"] for s in good]))
         result["test"] = dict(metric.compute(), skipped=skipped)
         logger.info("test acc1 %.4f", result["test"]["acc1"])
+    if recipe.get("eval_suite"):  # the adapted encoder through an evaluation suite (zero-shot, kNN, probe, ...)
+        from ..eval.runner import Runner
+
+        result["eval_suite"] = Runner(recipe["eval_suite"], encoder, out / "eval_suite").run()["results"]
     if trainer.accelerator.is_main_process:
         mdl = trainer.unwrapped_model()
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in mdl.head.state_dict().items()}, str(out / "head.safetensors")
-        )
+        if tuning == "coop":
+            mdl.learner.save(out / "coop_context.safetensors")
+        else:
+            save_file({k: v.detach().cpu().contiguous() for k, v in mdl.head.state_dict().items()},
+                      str(out / "head.safetensors"))  # fmt: skip
         if tuning == "full":
             sd = {k: v.detach().cpu().contiguous() for k, v in mdl.encoder.state_dict().items()}
             save_file(sd, str(out / "encoder.safetensors"))
-        elif tuning != "linear_probe":
+        elif tuning not in ("linear_probe", "coop"):
             from .. import adapters
 
             adapters.save(mdl.encoder, out / "adapter")
@@ -176,6 +202,8 @@ def run_segmentation(recipe: dict[str, Any]) -> Path:
     from ..foundation.loading import load_encoder
 
     tuning = str(recipe.get("tuning", "lora"))
+    if tuning == "coop":
+        raise ValueError("tuning: coop learns a text classifier; it applies to the classification task only")
     if tuning not in TUNINGS:
         raise ValueError(f"recipe tuning must be one of {TUNINGS}, got {tuning!r}")
     if "model" not in recipe or "train" not in recipe.get("data", {}) or not recipe.get("classnames"):
