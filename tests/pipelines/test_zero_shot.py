@@ -100,7 +100,7 @@ def test_clip_multi_label_is_each_label_against_a_generic_class(hf_clip, photos)
     img, txt, neg = (o if isinstance(o, torch.Tensor) else o.pooler_output for o in (img, txt, neg))
     img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
     neg = torch.nn.functional.normalize(torch.nn.functional.normalize(neg, dim=-1).mean(0), dim=-1)
-    scale = model.logit_scale.exp()
+    scale = model.logit_scale.exp().detach()
     for i, row in enumerate(got):
         for k, label in enumerate(LABELS):
             pair = torch.stack([img[i] @ txt[k], img[i] @ neg]) * scale
