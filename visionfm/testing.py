@@ -29,6 +29,7 @@ _DEFAULT_BACKEND = {
     "owlv2": "transformers",
     "owlvit": "transformers",
     "grounding-dino": "transformers",
+    "student": "torch",
 }
 # kind -> (module, writer function)
 _WRITERS = {
@@ -42,6 +43,7 @@ _WRITERS = {
     "owlv2": ("visionfm.pipelines.detectors", "write_tiny_owlv2"),
     "owlvit": ("visionfm.pipelines.detectors", "write_tiny_owlvit"),
     "grounding-dino": ("visionfm.pipelines.detectors", "write_tiny_grounding_dino"),
+    "student": ("visionfm.foundation.student", "write_tiny_student"),
 }
 
 

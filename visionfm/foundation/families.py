@@ -1,7 +1,9 @@
 """Imports every built-in family module once, which registers the families and their aliases."""
 
-from . import clip, dinov2, dit, sam  # noqa: F401
+from . import clip, dinov2, dit, sam, student  # noqa: F401
 from .registry import ModelSpec, register_model
+
+student.register()
 
 
 def _register_toy_clip() -> None:

@@ -237,9 +237,16 @@ class ZeroShotSegPipeline(Pipeline):
         cache_size: int = 16,
     ) -> None:
         super().__init__(encoder, batch_size=batch_size)
-        if encoder.info.family != "clip" or not encoder.info.has_text:
-            raise TypeError(f"zero-shot-seg needs a CLIP encoder, got family {encoder.info.family!r}")
-        self.mode = check_mode(mode)
+        if not encoder.info.has_text or (encoder.info.family != "clip" and not hasattr(encoder, "dense_features")):
+            raise TypeError(
+                "zero-shot-seg needs a CLIP encoder (or a distilled student with a 'clip' adaptor and text_from), got "
+                f"family {encoder.info.family!r}"
+            )
+        if hasattr(encoder, "dense_features"):  # a student's dense features come from its CLIP adaptor, no surgery
+            mode = "student-adaptor" if mode == "sclip" else mode
+            if mode != "student-adaptor":
+                raise ValueError(f"a distilled student has no attention modes (got mode={mode!r}); leave mode unset")
+        self.mode = mode if mode == "student-adaptor" else check_mode(mode)
         native = encoder.info.image_size[0]
         unit = encoder.info.patch_size
         self.window = int(window or native)
@@ -342,9 +349,12 @@ class ZeroShotSegPipeline(Pipeline):
             size = self.proxy.info.image_size
             px = F.interpolate(windows, size, mode="bilinear", antialias=True, align_corners=False)
             proxy_feats = self.proxy(self._normalise(self.proxy, px)).patches
-        emb = dense_features(
-            self.encoder, self._normalise(self.encoder, windows), self.mode, proxy_features=proxy_feats
-        )
+        if self.mode == "student-adaptor":  # a distilled student: its CLIP adaptor's patch outputs
+            emb = self.encoder.dense_features(self._normalise(self.encoder, windows))
+        else:
+            emb = dense_features(
+                self.encoder, self._normalise(self.encoder, windows), self.mode, proxy_features=proxy_feats
+            )
         return F.normalize(emb.float(), dim=-1)
 
     @torch.inference_mode()

@@ -1,0 +1,67 @@
+"""The distill recipe: teachers computed once (cache), student saved as a loadable encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import visionfm as vfm
+from visionfm.testing import tiny_checkpoint
+from visionfm.training.recipes import run_recipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _recipe(tmp_path, tiny_root, steps):
+    return {
+        "task": "distill",
+        "teachers": {
+            "clip": {"model": str(tiny_checkpoint("clip", "open_clip", root=tiny_root)), "kind": "clip"},
+            "dino": {"model": str(tiny_checkpoint("dinov2", root=tiny_root)), "kind": "dino"},
+        },
+        "student": {"image_size": 48, "patch_size": 16, "width": 32, "depth": 2, "heads": 2, "adaptor_hidden": 32},
+        "data": {"source": "toyworld", "split": "train", "num": 16, "label": "none", "image_size": 48},
+        "augment": {"seeds": 1},
+        "train": {"output_dir": str(tmp_path / "student"), "max_steps": steps, "batch_size": 4, "lr": 0.005,
+                  "save_every": 4, "log_every": 1, "num_workers": 0, "progress": False},
+    }  # fmt: skip
+
+
+def test_later_epochs_do_no_teacher_forward_passes(tmp_path, tiny_root):
+    out = run_recipe(_recipe(tmp_path, tiny_root, steps=12))  # 3 epochs of 16 samples
+    summary = json.loads((out / "distill_summary.json").read_text())
+    assert summary["teacher_rows_computed"] == 2 * 16  # each sample once per teacher, in epoch 1 only
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    computed = [int(x["teacher_rows_computed"]) for x in lines if "teacher_rows_computed" in x]
+    assert computed[-1] == computed[3] == 32  # nothing computed after the first epoch (steps 1-4)
+
+
+def test_student_is_a_first_class_encoder(tmp_path, tiny_root, photos):
+    out = run_recipe(_recipe(tmp_path, tiny_root, steps=4))
+    a, b = vfm.load_encoder(str(out), device="cpu"), vfm.load_encoder(str(out), device="cpu")
+    assert a.info.family == "student"
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x = a.preprocess(photos[:2])
+    with torch.inference_mode():
+        assert torch.equal(a(x).pooled, b(x).pooled)
+    clf = vfm.pipeline("zero-shot-classification", model=str(out), device="cpu", templates="single")
+    res = clf(photos[0], labels=["a cat", "a dog"])
+    assert {d["label"] for d in res} == {"a cat", "a dog"}
+
+
+def test_zero_shot_seg_runs_on_a_student(tmp_path, tiny_root, photos):
+    out = run_recipe(_recipe(tmp_path, tiny_root, steps=2))
+    seg = vfm.pipeline("zero-shot-seg", model=str(out), device="cpu", templates="single")
+    res = seg(photos[1], labels=["a cat", "a sofa"], background=True)
+    assert res.label_map.shape == photos[1].shape[:2] and res.protocol["mode"] == "student-adaptor"
+    with pytest.raises(ValueError, match="no attention modes"):
+        vfm.pipeline("zero-shot-seg", model=str(out), device="cpu", mode="naclip")
