@@ -65,3 +65,23 @@ def test_zero_shot_seg_runs_on_a_student(tmp_path, tiny_root, photos):
     assert res.label_map.shape == photos[1].shape[:2] and res.protocol["mode"] == "student-adaptor"
     with pytest.raises(ValueError, match="no attention modes"):
         vfm.pipeline("zero-shot-seg", model=str(out), device="cpu", mode="naclip")
+
+
+@pytest.mark.parametrize("recipe", ["distill_toyworld", "distill_clip_dinov2_sam"])
+def test_shipped_distill_recipes_run(recipe, tmp_path, tiny_root):
+    """The shipped recipes run end to end with tiny stand-ins for the teachers (SAM: patch losses only)."""
+    from visionfm.training.recipes import load_recipe
+
+    overrides = [
+        f"teachers.clip.model={tiny_checkpoint('clip', 'open_clip', root=tiny_root)}",
+        f"teachers.dino.model={tiny_checkpoint('dinov2', root=tiny_root)}",
+        "student.image_size=48", "student.patch_size=16", "student.width=32", "student.depth=1", "student.heads=2",
+        "student.adaptor_hidden=16", "data.num=8", "data.image_size=48", f"train.output_dir={tmp_path / recipe}",
+        "train.max_steps=2", "train.batch_size=4", "train.save_every=1", "train.num_workers=0",
+        "train.progress=false", "train.mixed_precision=no",
+    ]  # fmt: skip
+    if recipe == "distill_clip_dinov2_sam":
+        overrides.append(f"teachers.sam.model={tiny_checkpoint('sam', root=tiny_root)}")
+    out = run_recipe(load_recipe(recipe, overrides))
+    student = vfm.load_encoder(str(out), device="cpu")
+    assert set(student.teachers) == ({"clip", "dino", "sam"} if "sam" in recipe else {"clip", "dino"})

@@ -93,7 +93,7 @@ def teacher_fn(enc: Any, kind: str, dense_mode: str = "maskclip") -> Any:
 
 
 def distill_loss(
-    s_summary: torch.Tensor, s_patches: torch.Tensor, t_summary: torch.Tensor, t_patches: torch.Tensor,
+    s_summary: torch.Tensor | None, s_patches: torch.Tensor, t_summary: torch.Tensor, t_patches: torch.Tensor,
     *, w_summary: float = 1.0, w_cos: float = 0.9, w_l1: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """One teacher's loss: summary cosine + patch cosine and smooth-L1 on the student grid.
@@ -105,10 +105,14 @@ def distill_loss(
     if tuple(t_patches.shape[1:3]) != tuple(s_patches.shape[1:3]):
         t_patches = F.interpolate(t_patches.permute(0, 3, 1, 2), s_patches.shape[1:3], mode="bilinear",
                                   align_corners=False).permute(0, 2, 3, 1)  # fmt: skip
-    cos_s = F.cosine_similarity(s_summary.float(), t_summary.float(), dim=-1).mean()
+    cos_s = (
+        F.cosine_similarity(s_summary.float(), t_summary.float(), dim=-1).mean()
+        if s_summary is not None
+        else torch.ones((), device=s_patches.device)  # teachers without a summary (SAM): patch losses only
+    )
     cos_p = F.cosine_similarity(s_patches.float(), t_patches.float(), dim=-1).mean()
     l1 = F.smooth_l1_loss(s_patches.float(), t_patches.float())
-    loss = w_summary * (1 - cos_s) + w_cos * (1 - cos_p) + w_l1 * l1
+    loss = (w_summary * (1 - cos_s) if s_summary is not None else 0.0) + w_cos * (1 - cos_p) + w_l1 * l1
     return loss, {"summary_cos": float(cos_s), "patch_cos": float(cos_p), "patch_l1": float(l1)}
 
 
@@ -142,7 +146,8 @@ def run(recipe: dict[str, Any]) -> Path:
         teachers[name] = enc
         fns[name] = teacher_fn(enc, kind, t.get("dense_mode", "maskclip"))
         probe = fns[name](torch.zeros(1, 3, *enc.info.image_size, dtype=torch.uint8))
-        adaptors[name] = AdaptorConfig(summary_dim=int(probe["summary"].shape[-1]), patch_dim=int(probe["patches"].shape[-1]),
+        summary_dim = 0 if kind == "sam" else int(probe["summary"].shape[-1])  # SAM has no summary embedding
+        adaptors[name] = AdaptorConfig(summary_dim=summary_dim, patch_dim=int(probe["patches"].shape[-1]),
                                        hidden=hidden, kind=kind)  # fmt: skip
         if kind == "clip" and text_from is None:
             text_from = str(t["model"])
@@ -170,7 +175,8 @@ def run(recipe: dict[str, Any]) -> Path:
             t = cached_forward(caches[name], fns[name], imgs.cpu(), list(ids), seeds_l)
             teacher_rows["computed"] += caches[name].stats.get("misses", 0) - before
             s_sum, s_pat = m.adaptor(x, name)
-            loss, lg = distill_loss(s_sum, s_pat, t["summary"].to(s_sum.device), t["patches"].to(s_sum.device), **w)
+            dev = s_pat.device
+            loss, lg = distill_loss(s_sum, s_pat, t["summary"].to(dev), t["patches"].to(dev), **w)
             total = total + loss
             logs.update({f"{name}/{k}": v for k, v in lg.items()})
         logs["teacher_rows_computed"] = float(teacher_rows["computed"])
