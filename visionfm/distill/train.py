@@ -6,15 +6,15 @@ teachers:                                  # name -> teacher; each gets an adapt
   clip: {model: toyworld-clip, kind: clip, dense_mode: maskclip}   # summary: pooled (joint space); patches: dense CLIP
   dino: {model: dinov2-small, kind: dino}                          # summary: pooled; patches: Features.patches
 student: {image_size: 64, patch_size: 8, width: 96, depth: 4, heads: 3, adaptor_hidden: 256}
-loss: {summary: 1.0, patch_cosine: 0.9, patch_smooth_l1: 0.1, standardize: false}
+loss: {summary: 1.0, patch_cosine: 0.9, patch_smooth_l1: 0.1}
 data: {source: toyworld, split: train, num: 20000, min_objects: 1, max_objects: 2}
 augment: {seeds: 1, hflip: true}           # augmentation seed of epoch e is e % seeds: with 1, every epoch hits the cache
 cache: runs/distill/teacher_cache          # default: OUTPUT_DIR/teacher_cache
 train: {output_dir: runs/distill, max_steps: 2000, batch_size: 128, lr: 1e-3, ...}
 ```
 Per batch: teacher outputs come from the :class:`~visionfm.distill.cache.TeacherCache` (computed on a miss only),
-teacher patch grids are resized bilinearly to the student's grid, optionally standardised per teacher (running
-mean/std of the first batches, then fixed), and the loss is, per teacher,
+teacher patch grids are resized bilinearly to the student's grid (per-teacher feature standardisation is not
+implemented yet), and the loss is, per teacher,
 ``w_s (1 - cos(summary)) + w_c mean(1 - cos(patch)) + w_l smooth_l1(patch)``.
 The run directory is a loadable student (``visionfm.load_encoder(OUTPUT_DIR)``, family ``student``).
 """
