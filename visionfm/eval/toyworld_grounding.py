@@ -8,8 +8,6 @@ The background cosine threshold is tuned per mode on validation scenes, as in :m
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import time
@@ -38,8 +36,8 @@ def coco_ap(gt_scenes: Sequence[Any], predictions: Sequence[Any], names: Sequenc
         ``{"box_AP", "box_AP50", "mask_AP", "mask_AP50"}`` in [0, 1].
     """
     from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+
+    from .metrics import coco_detection_ap
 
     images, anns, dets = [], [], []
     for i, (sc, pred) in enumerate(zip(gt_scenes, predictions)):
@@ -47,7 +45,6 @@ def coco_ap(gt_scenes: Sequence[Any], predictions: Sequence[Any], names: Sequenc
         images.append({"id": i, "height": h, "width": w})
         for k, o in enumerate(sc.objects):
             rle = mask_utils.encode(np.asfortranarray(sc.masks[k].astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode()
             x0, y0, x1, y1 = (float(v) for v in sc.boxes[k])
             anns.append(
                 {"id": len(anns) + 1, "image_id": i, "category_id": 1 + list(names).index(o.colour),
@@ -57,32 +54,13 @@ def coco_ap(gt_scenes: Sequence[Any], predictions: Sequence[Any], names: Sequenc
         for j in range(len(pred)):
             x0, y0, x1, y1 = (float(v) for v in pred.boxes[j])
             rle = mask_utils.encode(np.asfortranarray(pred.masks[j].numpy().astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode()
             dets.append(
                 {"image_id": i, "category_id": 1 + int(pred.labels[j]), "bbox": [x0, y0, x1 - x0, y1 - y0],
                  "score": float(pred.scores[j]), "segmentation": rle}
             )  # fmt: skip
-    gt = COCO()
-    gt.dataset = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    out = {}
-    for iou_type, key in (("bbox", "box"), ("segm", "mask")):
-        if not dets:
-            out[f"{key}_AP"], out[f"{key}_AP50"] = 0.0, 0.0
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes([dict(d) for d in dets])
-            ev = COCOeval(gt, dt, iou_type)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        out[f"{key}_AP"], out[f"{key}_AP50"] = float(ev.stats[0]), float(ev.stats[1])
-    return out
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    ap = coco_detection_ap(images, anns, cats, dets, iou_types=("bbox", "segm"))
+    return {k: ap[k] for k in ("box_AP", "box_AP50", "mask_AP", "mask_AP50")}
 
 
 def run(
