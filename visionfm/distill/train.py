@@ -66,12 +66,11 @@ class AugmentedImages(Dataset):
 
 
 def _normalise(enc: Any, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 images ``[B, 3, H, W]`` → ``enc``'s normalised input, resized to ``size`` first when given."""
     x = images.float() / 255
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size, mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(enc.info.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(enc.info.std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(enc.device, enc.dtype)
+    return enc.normalize(x)
 
 
 def teacher_fn(enc: Any, kind: str, dense_mode: str = "maskclip") -> Any:

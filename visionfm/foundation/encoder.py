@@ -59,6 +59,13 @@ class Encoder(nn.Module):
         )
 
     # -- preprocessing -------------------------------------------------------------------------
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise already-sized float pixels ``[B, 3, H, W]`` in ``[0, 1]`` with ``info.mean``/``info.std``, onto
+        the encoder's device and dtype (for callers that crop or tile images themselves, e.g. sliding windows)."""
+        mean = torch.tensor(self.info.mean, device=pixels.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.info.std, device=pixels.device, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((pixels.float() - mean) / std).to(self.device, self.dtype)
+
     def preprocess(self, images: Any) -> torch.Tensor:
         """Decode and preprocess images into the model's input batch.
 

@@ -337,24 +337,17 @@ class ZeroShotSegPipeline(Pipeline):
         return self._cache[key], owner
 
     # -- image side -------------------------------------------------------------------------------
-    def _normalise(self, enc: Encoder, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(enc.info.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(enc.info.std, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(enc.device, enc.dtype)
-
     def _dense(self, windows: torch.Tensor) -> torch.Tensor:
         """Unit-norm dense CLIP embeddings ``[B, h, w, D]`` of windows (float ``[B, 3, s, s]`` in [0, 1])."""
         proxy_feats = None
         if self.proxy is not None:
             size = self.proxy.info.image_size
             px = F.interpolate(windows, size, mode="bilinear", antialias=True, align_corners=False)
-            proxy_feats = self.proxy(self._normalise(self.proxy, px)).patches
+            proxy_feats = self.proxy(self.proxy.normalize(px)).patches
         if self.mode == "student-adaptor":  # a distilled student: its CLIP adaptor's patch outputs
-            emb = self.encoder.dense_features(self._normalise(self.encoder, windows))
+            emb = self.encoder.dense_features(self.encoder.normalize(windows))
         else:
-            emb = dense_features(
-                self.encoder, self._normalise(self.encoder, windows), self.mode, proxy_features=proxy_feats
-            )
+            emb = dense_features(self.encoder, self.encoder.normalize(windows), self.mode, proxy_features=proxy_feats)
         return F.normalize(emb.float(), dim=-1)
 
     @torch.inference_mode()

@@ -179,11 +179,9 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"sample {s['id']}: {s['error'] or 'no segmentation target'}")
         size = tuple(self.encoder.info.image_size)
         x = F.interpolate(s["image"][None].float() / 255, size, mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(self.encoder.info.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.encoder.info.std).view(1, 3, 1, 1)
         t = torch.as_tensor(s["target"]).long()[None, None].float()
         t = F.interpolate(t, size, mode="nearest")[0, 0].long()
-        return ((x - mean) / std)[0], t
+        return self.encoder.normalize(x)[0].float().cpu(), t
 
 
 @register_task("segmentation")
