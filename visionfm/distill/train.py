@@ -112,7 +112,11 @@ def distill_loss(
     cos_p = F.cosine_similarity(s_patches.float(), t_patches.float(), dim=-1).mean()
     l1 = F.smooth_l1_loss(s_patches.float(), t_patches.float())
     loss = (w_summary * (1 - cos_s) if s_summary is not None else 0.0) + w_cos * (1 - cos_p) + w_l1 * l1
-    return loss, {"summary_cos": float(cos_s), "patch_cos": float(cos_p), "patch_l1": float(l1)}
+    return loss, {
+        "summary_cos": float(cos_s.detach()),
+        "patch_cos": float(cos_p.detach()),
+        "patch_l1": float(l1.detach()),
+    }
 
 
 @register_task("distill")
