@@ -146,6 +146,7 @@ class DiTEncoder(Encoder):
         class_label: class id the denoiser is conditioned on (``num_embeds_ada_norm`` = null class).
         noise_seed: seed of the per-image noise.
         ensemble: number of noise draws averaged.
+        id2label: ``{class id: name}`` from the pipeline's ``model_index.json`` (empty if it has none).
 
     Determinism assumes eval mode (``load_encoder`` returns it): in train mode DiT's label embedding
     randomly drops a non-null ``class_label`` to the null class.
@@ -190,6 +191,7 @@ class DiTEncoder(Encoder):
         self.scheduler = scheduler
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         self.vae_scale_factor = vae_scale
+        self.id2label: dict[int, str] = {}
 
         opts = {**DIT_OPTIONS, **options}
         unknown = sorted(set(opts) - set(DIT_OPTIONS))
@@ -305,7 +307,10 @@ def build(req: LoadRequest) -> DiTEncoder:
     transformer = DiTTransformer2DModel.from_pretrained(str(path), subfolder="transformer", use_safetensors=use_st)
     scheduler = _load_scheduler(path)
     logger.debug("DiT %s: vae %s, transformer %s, scheduler %s", req.name, vae.config, transformer.config, scheduler)
-    return DiTEncoder(vae, transformer, scheduler, name=req.name, options=dict(req.options))
+    enc = DiTEncoder(vae, transformer, scheduler, name=req.name, options=dict(req.options))
+    index = _read_json(path / "model_index.json") or {}
+    enc.id2label = {int(k): str(v) for k, v in (index.get("id2label") or {}).items()}
+    return enc
 
 
 def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:

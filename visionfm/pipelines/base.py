@@ -143,4 +143,4 @@ def _is_batch_like(x: Any) -> bool:
 
 
 def _ensure_builtins() -> None:
-    from . import feature_extraction, grounding, mask_generation, zero_shot, zero_shot_seg  # noqa: F401
+    from . import feature_extraction, generation, grounding, mask_generation, zero_shot, zero_shot_seg  # noqa: F401
