@@ -105,3 +105,19 @@ def test_run_zero_shot_seg_and_grounding_write_maps_overlays_and_json(tmp_path, 
     rec = json.loads((out / "grounding.json").read_text())[0]
     assert all(d["label"] in ("a cat", "a sofa") for d in rec["detections"])
     assert (out / "chelsea_grounding.png").exists()
+
+
+def test_run_generation_writes_images_grid_and_json(tmp_path, tiny_root, capsys):
+    import json
+
+    from PIL import Image
+
+    model = str(tiny_checkpoint("dit", root=tiny_root))
+    args = ["run", "generation", "--model", model, "--labels", "goldfish,3", "--num-images", "2", "--steps", "2"]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "g")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["#", "class", "id", "seed"]
+    rec = json.loads((tmp_path / "g" / "generation.json").read_text())[0]
+    assert rec["labels"] == [1, 1, 3, 3] and rec["protocol"]["steps"] == 2
+    assert len(list((tmp_path / "g").glob("0*_class*_seed*.png"))) == 4
+    assert Image.open(tmp_path / "g" / "grid.png").size == (2 * 16, 2 * 16)
+    assert main(["run", "mask-generation", "--model", model]) == 2  # image tasks need images

@@ -113,7 +113,7 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a pipeline on image files; print a table, optionally write JSON."""
+    """Run a pipeline on image files (or generate images); print a table, optionally write JSON and pictures."""
     import json
 
     import numpy as np
@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.refine:
             kw["refine"] = [r.strip() for r in args.refine.split(",")]
     labels = [x.strip() for item in (args.labels or []) for x in item.split(",") if x.strip()]
+    if args.task != "generation" and not args.images:
+        raise ValueError(f"{args.task} needs at least one image file")
     pipe = pipeline(args.task, model=args.model, device=args.device, batch_size=args.batch_size, **kw)
     records = []
     if args.task == "zero-shot-classification":
@@ -206,6 +208,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             for img, r in zip(args.images, results):
                 r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_grounding.png")
+    elif args.task == "generation":
+        if not labels:
+            raise ValueError("generation needs --labels (class names or ids, e.g. --labels 'golden retriever,207')")
+        wanted = [int(x) if x.isdigit() else x for x in labels]
+        res = pipe(wanted, num_images_per_label=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
+                   seed=args.seed, preset=args.preset)  # fmt: skip
+        print(_table([[str(i), n or "-", str(c), str(sd)] for i, (n, c, sd) in enumerate(zip(res.names, res.labels,
+                      res.seeds))], ["#", "class", "id", "seed"]))  # fmt: skip
+        records = [res.to_dict()]
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(res.images):
+                im.save(Path(args.out) / f"{i:04d}_class{res.labels[i]}_seed{res.seeds[i]}.png")
+            res.grid().save(Path(args.out) / "grid.png")
     else:
         raise ValueError(f"visionfm run does not support task {args.task!r}")
     if args.out:
@@ -235,11 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
     i.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
     i.set_defaults(func=cmd_info)
-    tasks = ["zero-shot-classification", "feature-extraction", "mask-generation", "zero-shot-seg", "grounding"]
+    tasks = [
+        "zero-shot-classification",
+        "feature-extraction",
+        "mask-generation",
+        "zero-shot-seg",
+        "grounding",
+        "generation",
+    ]
     r = sub.add_parser("run", help=f"run a pipeline on image files ({', '.join(tasks)})")
     r.add_argument("task", choices=tasks)
-    r.add_argument("images", nargs="+", help="image files")
-    r.add_argument("--model", required=True, help="alias, hub id, open_clip tag or local directory")
+    r.add_argument("images", nargs="*", help="image files (none for generation)")
+    r.add_argument("--model", help="alias, hub id, open_clip tag or local directory (default: the task's)")
     r.add_argument("--labels", nargs="*", help="class names or phrases, space- or comma-separated")
     r.add_argument("--templates", help="template set (single, simple, imagenet80) or one template with {}")
     r.add_argument("--top-k", type=int, default=5)
@@ -247,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refine", help="zero-shot-seg/grounding: 'pamr' and/or a SAM model, comma-separated")
     r.add_argument("--no-background", action="store_true", help="zero-shot-seg: every pixel gets a label")
     r.add_argument("--threshold", type=float, default=0.1, help="grounding: score threshold")
+    r.add_argument("--num-images", type=int, default=1, help="generation: images per label")
+    r.add_argument("--steps", type=int, help="generation: denoising steps (default: the preset's)")
+    r.add_argument("--guidance-scale", type=float, help="generation: classifier-free guidance (default: the preset's)")
+    r.add_argument("--preset", default="quick", help="generation: quick (50 steps, cfg 4) or paper (250, cfg 1.5)")
+    r.add_argument("--seed", type=int, default=0, help="generation: seed of the first image (image i: seed + i)")
     r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
     r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
     r.add_argument("--crops-n-layers", type=int, default=0, help="automatic masks: extra layers of SAM crops")
