@@ -59,7 +59,7 @@ def test_frechet_distance_matches_scipy_and_torchmetrics(seed, d, n1, n2):
     assert frechet_distance(*t) == pytest.approx(got, rel=1e-12)
 
 
-def test_frechet_distance_singular_covariances_are_regularised():
+def test_frechet_distance_rank_deficient_covariances_stay_finite():
     rng = np.random.default_rng(3)
     x, y = _features(rng, 10, 32), _features(rng, 12, 32)  # fewer rows than dims: rank-deficient covariances
     fd = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
