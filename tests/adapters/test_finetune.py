@@ -12,13 +12,7 @@ from visionfm.adapters.heads import ClassificationHead, EncoderWithHead, Segment
 from visionfm.testing import tiny_checkpoint
 from visionfm.training.recipes import run_recipe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_heads_shapes_and_errors(tiny_root):

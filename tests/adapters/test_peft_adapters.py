@@ -35,13 +35,7 @@ COMBOS = [(c, "lora", "attention") for c in CASES] + [(c, m, t) for c, (_, _, m,
 COMBO_IDS = [f"{c}-{m}-{t}" for c, m, t in COMBOS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and thread hand-offs dominate on 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ BACKENDS = ["open_clip", "transformers"]
 NAMES = ["cat", "red panda", "hot air balloon over the sea"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and thread hand-offs dominate on 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

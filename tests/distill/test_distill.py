@@ -11,13 +11,7 @@ import visionfm as vfm
 from visionfm.testing import tiny_checkpoint
 from visionfm.training.recipes import run_recipe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(tmp_path, tiny_root, steps):

@@ -16,17 +16,7 @@ from visionfm.eval.generation_metrics import (
     inception_score,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and BLAS: on a shared 2-core machine extra threads make these small problems far slower."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(rng: np.random.Generator, n: int, d: int, shift: float = 0.0) -> np.ndarray:

@@ -11,17 +11,7 @@ from visionfm.eval.probe import linear_probe
 GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and for numpy/scipy's BLAS: on a shared 2-core machine a second OpenMP thread makes these
-    small problems 50-250x slower (threadpoolctl comes with scikit-learn)."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from visionfm.foundation import student as st
 from visionfm.foundation.loading import PickleCheckpointError
 from visionfm.testing import tiny_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -27,14 +27,7 @@ PHRASES = ["a cat", "a remote control", "an astronaut"]
 WRITERS = {"owlv2": write_tiny_owlv2, "owlvit": write_tiny_owlvit, "grounding-dino": write_tiny_grounding_dino}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and on a busy 2-core machine the thread
-    hand-offs of Grounding DINO's hundreds of tiny ops cost ~50x (seconds per forward)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
