@@ -121,3 +121,23 @@ def test_run_generation_writes_images_grid_and_json(tmp_path, tiny_root, capsys)
     assert len(list((tmp_path / "g").glob("0*_class*_seed*.png"))) == 4
     assert Image.open(tmp_path / "g" / "grid.png").size == (2 * 16, 2 * 16)
     assert main(["run", "mask-generation", "--model", model]) == 2  # image tasks need images
+
+
+def test_run_generation_with_prompts_writes_images_grid_and_json(tmp_path, tiny_root, capsys):
+    import json
+
+    from PIL import Image
+
+    model = str(tiny_checkpoint("pixart", root=tiny_root))
+    args = ["run", "generation", "--model", model, "--prompts", "a red square; a blue circle, at night", "--steps", "2"]
+    assert main([*args, "--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["#", "prompt", "seed"] and "a blue circle, at night" in out[4]
+    rec = json.loads((tmp_path / "g" / "generation.json").read_text())[0]
+    assert rec["prompts"] == ["a red square"] * 2 + ["a blue circle, at night"] * 2
+    assert rec["protocol"]["kind"] == "text-to-image" and rec["protocol"]["steps"] == 2 and rec["seeds"] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "g").glob("0*_prompt*_seed*.png"))[-1] == "0003_prompt1_seed3.png"
+    assert Image.open(tmp_path / "g" / "grid.png").size == (2 * 16, 2 * 16)
+    assert main(["run", "generation", "--model", model, "--labels", "goldfish", "--device", "cpu"]) == 2
+    dit = str(tiny_checkpoint("dit", root=tiny_root))
+    assert main(["run", "generation", "--model", dit, "--prompts", "a cat", "--device", "cpu"]) == 2

@@ -1,8 +1,8 @@
-"""visionfm: vision foundation models (CLIP/SigLIP, DINOv2, SAM, DiT) behind one feature interface.
+"""visionfm: vision foundation models (CLIP/SigLIP, DINOv2, SAM, DiT, PixArt) behind one feature interface.
 
 >>> import visionfm as vfm
 >>> sorted({m.family for m in vfm.list_models()})
-['clip', 'dinov2', 'dit', 'sam']
+['clip', 'dinov2', 'dit', 'pixart', 'sam']
 """
 
 from __future__ import annotations

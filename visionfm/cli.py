@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.runner import Runner
     from .eval.suite import load_suite
 
-    suite = load_suite(args.suite, overrides={"num": args.num} if args.num else None)
+    suite = load_suite(args.suite, overrides={"num": args.num, "set": args.set})
     runner = Runner(suite, args.model, args.out or "results", batch_size=args.batch_size, chunk_size=args.chunk_size,
                     num_workers=args.num_workers)  # fmt: skip
     report = runner.run()
@@ -73,9 +73,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for r in report["results"]:
             main_metric = next(iter(r["metrics"]), None)
             value = r["metrics"].get(main_metric) if main_metric else None
-            shown = f"{100 * value:.1f}" if isinstance(value, float) else "-"
+            if not isinstance(value, float):
+                shown = "-"
+            else:  # fractions are shown as percentages; generation metrics (FD, IS, CLIP score) as they are
+                shown = f"{value:.4g}" if r["task"] == "generation" else f"{100 * value:.1f}%"
             rows.append([r["name"], r["dataset"], str(main_metric), shown, str(r["samples"]), str(r["skipped"])])
-        print(_table(rows, ["task", "dataset", "metric", "value %", "samples", "skipped"]))
+        print(_table(rows, ["task", "dataset", "metric", "value", "samples", "skipped"]))
     return 0
 
 
@@ -208,9 +211,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             for img, r in zip(args.images, results):
                 r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_grounding.png")
+    elif args.task == "generation" and args.prompts is not None:
+        prompts = [x.strip() for x in args.prompts.split(";") if x.strip()]
+        if not prompts:
+            raise ValueError("--prompts needs at least one prompt (separate prompts with ';')")
+        if labels:
+            raise ValueError("pass either --labels (class-conditional DiT) or --prompts (text-to-image), not both")
+        res = pipe(prompts=prompts, num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt,
+                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, preset=args.preset)  # fmt: skip
+        print(_table([[str(i), p, str(sd)] for i, (p, sd) in enumerate(zip(res.prompts, res.seeds))],
+                     ["#", "prompt", "seed"]))  # fmt: skip
+        records = [res.to_dict()]
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(res.images):
+                im.save(Path(args.out) / f"{i:04d}_prompt{i // args.num_images}_seed{res.seeds[i]}.png")
+            res.grid().save(Path(args.out) / "grid.png")
     elif args.task == "generation":
         if not labels:
-            raise ValueError("generation needs --labels (class names or ids, e.g. --labels 'golden retriever,207')")
+            raise ValueError(
+                "generation needs --labels (class names or ids, e.g. --labels 'golden retriever,207') for a DiT model, "
+                "or --prompts 'a red square;a blue circle' for a text-to-image (PixArt) model"
+            )
         wanted = [int(x) if x.isdigit() else x for x in labels]
         res = pipe(wanted, num_images_per_label=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
                    seed=args.seed, preset=args.preset)  # fmt: skip
@@ -270,10 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refine", help="zero-shot-seg/grounding: 'pamr' and/or a SAM model, comma-separated")
     r.add_argument("--no-background", action="store_true", help="zero-shot-seg: every pixel gets a label")
     r.add_argument("--threshold", type=float, default=0.1, help="grounding: score threshold")
-    r.add_argument("--num-images", type=int, default=1, help="generation: images per label")
+    r.add_argument("--num-images", type=int, default=1, help="generation: images per label or prompt")
+    r.add_argument("--prompts", help="generation (text-to-image, e.g. PixArt): prompts separated by ';'")
+    r.add_argument("--negative-prompt", default="", help="generation (text-to-image): the guidance's negative prompt")
     r.add_argument("--steps", type=int, help="generation: denoising steps (default: the preset's)")
     r.add_argument("--guidance-scale", type=float, help="generation: classifier-free guidance (default: the preset's)")
-    r.add_argument("--preset", default="quick", help="generation: quick (50 steps, cfg 4) or paper (250, cfg 1.5)")
+    r.add_argument(
+        "--preset",
+        default="quick",
+        help="generation: quick (DiT: 50 steps, cfg 4; PixArt: 20, cfg 4.5) or paper (DiT: 250, cfg 1.5)",
+    )
     r.add_argument("--seed", type=int, default=0, help="generation: seed of the first image (image i: seed + i)")
     r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
     r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
@@ -288,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="results directory (default: results/, or the --report directory)")
     e.add_argument("--report", help="aggregate the result JSONs under this directory into report.md + plots")
     e.add_argument("--num", type=int, help="cap every dataset at N samples (quick runs)")
+    e.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="edit the suite: datasets.NAME.KEY=V or tasks.I.KEY=V (I: index or name); repeatable",
+    )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--chunk-size", type=int, default=256, help="samples per persisted chunk (unit of resume)")
     e.add_argument("--num-workers", type=int, default=0)

@@ -2,8 +2,8 @@
 
 ``tiny_checkpoint("clip", backend="open_clip")`` writes ``open_clip_config.json`` +
 ``open_clip_model.safetensors``; ``backend="transformers"`` writes a transformers directory
-(``config.json``, ``model.safetensors``, tokenizer and preprocessor files); ``"dit"`` writes a diffusers
-pipeline directory. They load through the real ``load_encoder`` path and through the reference
+(``config.json``, ``model.safetensors``, tokenizer and preprocessor files); ``"dit"`` and ``"pixart"`` write
+diffusers pipeline directories. They load through the real ``load_encoder`` path and through the reference
 libraries themselves, which is what the parity tests compare.
 """
 
@@ -26,6 +26,7 @@ _DEFAULT_BACKEND = {
     "dinov2-registers": "transformers",
     "sam": "transformers",
     "dit": "diffusers",
+    "pixart": "diffusers",
     "owlv2": "transformers",
     "owlvit": "transformers",
     "grounding-dino": "transformers",
@@ -40,6 +41,7 @@ _WRITERS = {
     "dinov2-registers": ("visionfm.foundation.dinov2", "write_tiny_dinov2_registers"),
     "sam": ("visionfm.foundation.sam", "write_tiny_sam"),
     "dit": ("visionfm.foundation.dit", "write_tiny_dit"),
+    "pixart": ("visionfm.foundation.pixart", "write_tiny_pixart"),
     "owlv2": ("visionfm.pipelines.detectors", "write_tiny_owlv2"),
     "owlvit": ("visionfm.pipelines.detectors", "write_tiny_owlvit"),
     "grounding-dino": ("visionfm.pipelines.detectors", "write_tiny_grounding_dino"),
@@ -75,7 +77,7 @@ def tiny_checkpoint(
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:
-        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"dit"``, or the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``.
+        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"dit"``, ``"pixart"`` (a diffusers ``PixArtAlphaPipeline`` directory), or the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``.
         backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
             one format each.
         root: parent directory; default: a per-user temp cache, so a test session writes each

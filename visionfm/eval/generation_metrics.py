@@ -37,6 +37,9 @@ __all__ = [
     "encoder_features",
     "frechet_distance",
     "frechet_distance_from_stats",
+    "InceptionFeatures",
+    "convert_inception_weights",
+    "find_inception_weights",
     "inception_score",
 ]
 
@@ -349,3 +352,124 @@ def encoder_features(encoder: Any, images: Any, *, batch_size: int = 64, progres
     """
     feats = encoder.encode(images, batch_size=batch_size, progress=progress, output_device="cpu")
     return feats.pooled.detach().to(dtype=torch.float64)
+
+
+# -- classic FID / IS: Inception-v3 as in torch-fidelity / torchmetrics ------------------------------------------------
+#: Where :func:`find_inception_weights` looks when no path is given (after ``$VISIONFM_INCEPTION_WEIGHTS``).
+INCEPTION_CACHE = os.path.join("~", ".cache", "visionfm", "inception", "pt_inception-2015-12-05.safetensors")
+
+
+def find_inception_weights(path: str | os.PathLike | None = None) -> str | None:
+    """The local FID Inception weights: ``path``, else ``$VISIONFM_INCEPTION_WEIGHTS``, else :data:`INCEPTION_CACHE`.
+
+    Returns ``None`` when none of them is an existing file (nothing is ever downloaded).
+    """
+    for cand in (path, os.environ.get("VISIONFM_INCEPTION_WEIGHTS"), INCEPTION_CACHE):
+        if cand and os.path.isfile(os.path.expanduser(os.fspath(cand))):
+            return os.path.expanduser(os.fspath(cand))
+    return None
+
+
+class InceptionFeatures(torch.nn.Module):
+    """The FID Inception-v3 (torch-fidelity's ``FeatureExtractorInceptionV3``, the network torchmetrics' FID and IS
+    use), loaded from a local file; it never downloads.
+
+    Input: uint8 ``[B, 3, H, W]`` images of any size (resized to 299 inside, as TF1's bilinear resize did).
+    Output: ``{"pool": [B, 2048] float32, "logits_unbiased": [B, 1008] float32}`` — pool features for FID, logits
+    for the Inception Score.
+
+    Args:
+        weights: ``pt_inception-2015-12-05`` weights as safetensors (preferred; see
+            :func:`convert_inception_weights`) or the original ``.pth`` — the latter only with
+            ``allow_pickle=True`` (read with ``torch.load(weights_only=True)``).
+        allow_pickle: permit a pickle ``.pth`` file.
+
+    Raises:
+        ImportError: torch-fidelity is not installed (``pip install "visionfm[fid]"``).
+        ValueError: a pickle file without ``allow_pickle=True``.
+    """
+
+    def __init__(self, weights: str | os.PathLike, *, allow_pickle: bool = False) -> None:
+        super().__init__()
+        state = read_inception_weights(weights, allow_pickle=allow_pickle)
+        self.net = _build_fidelity_inception(state)
+        self.weights = os.fspath(weights)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"InceptionFeatures takes uint8 [B, 3, H, W] images, got {images.dtype} {tuple(images.shape)}"
+            )
+        pool, logits = self.net(images)
+        return {"pool": pool, "logits_unbiased": logits}
+
+
+def read_inception_weights(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The Inception state dict from safetensors, or from a ``.pth`` pickle when ``allow_pickle=True``."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if not allow_pickle:
+        raise ValueError(
+            f"Inception weights {path} are a pickle file; convert them once with "
+            "visionfm.eval.generation_metrics.convert_inception_weights(path, out.safetensors), "
+            "or pass allow_pickle=True"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def convert_inception_weights(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Convert torch-fidelity's ``pt_inception-2015-12-05-6726825d.pth`` (pickle) to safetensors, once.
+
+    Read with ``torch.load(weights_only=True)``: tensors only, no code runs.
+    """
+    from safetensors.torch import save_file
+
+    state = read_inception_weights(src, allow_pickle=True)
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(dst))), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.fspath(dst))
+
+
+def _build_fidelity_inception(state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """torch-fidelity's extractor with ``state`` loaded (``None``: keep the random init); never downloads."""
+    from unittest import mock
+
+    try:
+        from torch_fidelity import feature_extractor_inceptionv3 as fi
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError('classic FID/IS need torch-fidelity: pip install "visionfm[fid]"') from e
+    cls = fi.FeatureExtractorInceptionV3
+    # Its constructor downloads when given no path and torch.load()s (unsafely) when given one; hand it our tensors.
+    with mock.patch.object(fi, "load_state_dict_from_url", lambda *a, **k: state if state is not None else {}):
+        if state is None:
+            with mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None):
+                net = cls("inception-v3-compat", ["2048", "logits_unbiased"])
+        else:
+            net = cls("inception-v3-compat", ["2048", "logits_unbiased"])
+    return net.eval()
+
+
+def write_random_inception_weights(path: str | os.PathLike, *, seed: int = 0, pickle_copy: bool = False) -> None:
+    """Random FID-Inception weights for tests (the real ones need a download), with calibrated BatchNorm statistics
+    so that activations stay finite through the 40-odd layers. Writes ``path`` (safetensors) and, with
+    ``pickle_copy``, ``path`` with suffix ``.pth`` for libraries that only read pickles (torchmetrics)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    net = _build_fidelity_inception(None)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (8, 3, 299, 299), generator=g, dtype=torch.uint8)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+    net.train()
+    with torch.no_grad():
+        net(x)
+    net.eval()
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, os.fspath(path))
+    if pickle_copy:
+        torch.save(state, os.path.splitext(os.fspath(path))[0] + ".pth")

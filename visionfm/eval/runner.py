@@ -193,8 +193,9 @@ class Runner:
 
     def _rows(self, batch: list[dict[str, Any]], fn: Callable) -> dict[str, torch.Tensor]:
         dev = self.accelerator.device
-        valid = torch.tensor([s["image"] is not None for s in batch], dtype=torch.bool)
-        good = [s for s in batch if s["image"] is not None]
+        # unreadable samples carry an error; generation plans have no image and no error
+        valid = torch.tensor([s["error"] is None for s in batch], dtype=torch.bool)
+        good = [s for s in batch if s["error"] is None]
         rows: dict[str, torch.Tensor] = {
             "index": torch.tensor([s["index"] for s in batch], dtype=torch.long),
             "label": torch.tensor([s["label"] for s in batch], dtype=torch.long),

@@ -29,6 +29,7 @@ TASK_DATASET_KEYS = {
     "retrieval": ("dataset",),
     "segmentation": ("dataset",),
     "detection": ("dataset",),
+    "generation": ("reference",),  # optional: a generation task may give reference_stats instead
 }
 
 
@@ -56,7 +57,9 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
 
     Args:
         suite: a shipped suite name (:func:`shipped_suites`) or a path to a YAML file.
-        overrides: ``{"num": N}`` caps every dataset at N samples (quick runs).
+        overrides: ``{"num": N}`` caps every dataset at N samples (quick runs); ``{"set": ["a.b=value", ...]}``
+            edits the YAML before it is read: ``datasets.NAME.KEY=V`` or ``tasks.I.KEY=V`` (``I``: the task's
+            index or ``name``), values parsed as YAML.
 
     Raises:
         ValueError: unknown suite, malformed YAML, unknown task, or a task naming a dataset the suite lacks —
@@ -77,7 +80,41 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"suite {suite}: not valid YAML: {e}") from e
+    if overrides and overrides.get("set"):
+        raw = apply_suite_overrides(raw, list(overrides["set"]), label=str(suite))
     return parse_suite(raw, root=root, path=path, overrides=overrides, label=str(suite))
+
+
+def apply_suite_overrides(raw: dict[str, Any], items: list[str], *, label: str = "suite") -> dict[str, Any]:
+    """A copy of a suite dict with ``datasets.NAME.KEY=V`` / ``tasks.I.KEY=V`` edits (see :func:`load_suite`)."""
+    import copy
+
+    from ..training.recipes import _parse_value
+
+    out = copy.deepcopy(raw)
+    for item in items:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) < 3 or parts[0] not in ("datasets", "tasks"):
+            raise ValueError(f"{label}: override {item!r} must look like datasets.NAME.KEY=V or tasks.I.KEY=V")
+        if parts[0] == "datasets":
+            node = (out.get("datasets") or {}).get(parts[1])
+            if not isinstance(node, dict):
+                raise ValueError(
+                    f"{label}: override {item!r}: no dataset {parts[1]!r} in {sorted(out.get('datasets') or {})}"
+                )
+        else:
+            tasks = out.get("tasks") or []
+            idx = [i for i, t in enumerate(tasks) if str(i) == parts[1] or t.get("name") == parts[1]]
+            if not idx:
+                raise ValueError(f"{label}: override {item!r}: no task with index or name {parts[1]!r}")
+            node = tasks[idx[0]]
+        for p in parts[2:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{label}: override {item!r}: {p!r} is not a mapping")
+        node[parts[-1]] = _parse_value(value)
+    return out
 
 
 def parse_suite(
@@ -106,11 +143,13 @@ def parse_suite(
         for key in TASK_DATASET_KEYS[kind]:
             if key == "val" and key not in t:
                 continue  # linear probe without val: a split of train is used
+            if kind == "generation" and key == "reference" and key not in t:
+                continue  # every FD metric has saved reference statistics
             if t.get(key) not in datasets:
                 raise ValueError(
                     f"{label}: tasks[{i}] ({kind}) needs {key}: one of {sorted(datasets)}, got {t.get(key)!r}"
                 )
-        t.setdefault("name", f"{kind}/{t.get('dataset') or t.get('test')}")
+        t.setdefault("name", f"{kind}/{t.get('dataset') or t.get('test') or t.get('reference')}")
         if t["name"] in seen:
             raise ValueError(f"{label}: duplicate task name {t['name']!r}; give tasks distinct 'name's")
         seen.add(t["name"])

@@ -19,7 +19,10 @@ logger = logging.getLogger(__name__)
 
 def run_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """Dispatch ``task["task"]`` to its implementation."""
+    from .generation_task import generation
+
     fn = {
+        "generation": generation,
         "zero_shot_classification": zero_shot_classification,
         "linear_probe": linear_probe,
         "knn": knn,

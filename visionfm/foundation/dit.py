@@ -42,7 +42,7 @@ from .registry import Family, LoadRequest, ModelSpec, register_family, register_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DIT_OPTIONS", "DiTEncoder", "detect", "write_tiny_dit"]
+__all__ = ["DIT_OPTIONS", "DiTEncoder", "PixelSpace", "detect", "save_pixel_dit", "write_tiny_dit"]
 
 #: Family options accepted by ``load_encoder`` for DiT, with their defaults.
 #:
@@ -59,6 +59,40 @@ __all__ = ["DIT_OPTIONS", "DiTEncoder", "detect", "write_tiny_dit"]
 DIT_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {"timestep": 100, "layer": None, "class_label": None, "noise_seed": 0, "ensemble": 1}
 )
+
+
+class PixelSpace(nn.Module):
+    """The identity "VAE" of a pixel-space DiT: the latent is the image itself, in [-1, 1].
+
+    It has the slice of ``AutoencoderKL``'s interface that DiT feature extraction and generation use
+    (``encode(x).latent_dist.mean``, ``decode(z).sample``, ``config.scaling_factor`` = 1, one block so the
+    scale factor is 1), so a pixel-space DiT (``transformer.in_channels == 3``, no ``vae/`` folder) loads,
+    encodes and generates through the same code as a latent DiT.
+    """
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(block_out_channels=(channels,), scaling_factor=1.0, shift_factor=None,
+                                      latent_channels=channels)  # fmt: skip
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32: the identity has no weights, so latents are decoded in full precision."""
+        return torch.float32
+
+    def encode(self, x: torch.Tensor) -> Any:
+        """``encode(x).latent_dist.mean`` is ``x`` (``[B, 3, S, S]`` in [-1, 1])."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x, mode=lambda: x, sample=lambda generator=None: x))
+
+    def decode(self, z: torch.Tensor) -> Any:
+        """``decode(z).sample`` is ``z``."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z)
 
 
 class _StopForward(Exception):
@@ -94,14 +128,16 @@ def detect(path: Path) -> str | None:
     """Return ``"diffusers"`` if ``path`` is a diffusers DiT pipeline directory, else ``None``.
 
     A DiT directory has a ``model_index.json`` whose ``_class_name`` is ``"DiTPipeline"``, or a
-    ``transformer/config.json`` naming a DiT transformer next to a ``vae/`` folder.
+    ``transformer/config.json`` naming a DiT transformer next to a ``vae/`` folder (or, for a pixel-space DiT,
+    a ``model_index.json`` whose ``vae`` entry is ``[null, null]``).
     """
     path = Path(path)
     index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else None
     if index is not None and index.get("_class_name") == "DiTPipeline":
         return "diffusers"
     cfg_path = path / "transformer" / "config.json"
-    if cfg_path.is_file() and (path / "vae").is_dir() and _is_dit_transformer_config(_read_json(cfg_path)):
+    has_vae = (path / "vae").is_dir() or (index is not None and index.get("vae") == [None, None])
+    if cfg_path.is_file() and has_vae and _is_dit_transformer_config(_read_json(cfg_path)):
         return "diffusers"
     return None
 
@@ -297,20 +333,63 @@ def build(req: LoadRequest) -> DiTEncoder:
     if req.backend != "diffusers":
         raise ValueError(f"DiT supports backend 'diffusers' only, got {req.backend!r}")
     path = Path(req.path)
-    for sub in ("vae", "transformer"):
+    index = _read_json(path / "model_index.json") or {}
+    pixel_space = not (path / "vae").is_dir() and index.get("vae") == [None, None]
+    for sub in ("transformer",) if pixel_space else ("vae", "transformer"):
         if not (path / sub).is_dir():
             raise FileNotFoundError(f"{path} is not a DiT pipeline directory: missing {sub}/")
     # load_encoder has already refused pickle-only component folders unless allow_pickle=True.
     # True: safetensors or an error; None: safetensors if present, else (opted-in) pickle.
     use_st = None if req.allow_pickle else True
-    vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)
     transformer = DiTTransformer2DModel.from_pretrained(str(path), subfolder="transformer", use_safetensors=use_st)
+    if pixel_space:
+        if int(transformer.config.in_channels) != 3:
+            raise ValueError(f"{path}: a pixel-space DiT (no vae/) needs transformer in_channels=3, "
+                             f"got {transformer.config.in_channels}")  # fmt: skip
+        vae: nn.Module = PixelSpace(3)
+    else:
+        vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)
     scheduler = _load_scheduler(path)
     logger.debug("DiT %s: vae %s, transformer %s, scheduler %s", req.name, vae.config, transformer.config, scheduler)
     enc = DiTEncoder(vae, transformer, scheduler, name=req.name, options=dict(req.options))
-    index = _read_json(path / "model_index.json") or {}
     enc.id2label = {int(k): str(v) for k, v in (index.get("id2label") or {}).items()}
     return enc
+
+
+def save_pixel_dit(path: str | Path, transformer: nn.Module, scheduler: Any, id2label: Mapping[int, str]) -> Path:
+    """Save a pixel-space DiT (no VAE) as a diffusers-style pipeline directory that ``load_encoder`` reads.
+
+    Layout: ``model_index.json`` (``_class_name: DiTPipeline``, ``vae: [null, null]``, ``id2label``),
+    ``transformer/`` (``DiTTransformer2DModel.save_pretrained``, safetensors) and ``scheduler/``. diffusers'
+    own ``DiTPipeline`` needs a VAE and does not load it; ``pipeline("generation")`` does.
+
+    Args:
+        path: output directory (created).
+        transformer: a ``DiTTransformer2DModel`` with ``in_channels=3``; ``sample_size`` is the image size.
+        scheduler: a diffusers scheduler (its config is saved).
+        id2label: class names, ``{id: "name"}``.
+
+    Returns:
+        ``path``.
+    """
+    import diffusers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if int(transformer.config.in_channels) != 3:
+        raise ValueError(f"a pixel-space DiT needs in_channels=3, got {transformer.config.in_channels}")
+    transformer.save_pretrained(str(path / "transformer"), safe_serialization=True)
+    scheduler.save_pretrained(str(path / "scheduler"))
+    index = {
+        "_class_name": "DiTPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "transformer": ["diffusers", type(transformer).__name__],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        "vae": [None, None],
+        "id2label": {str(k): str(v) for k, v in id2label.items()},
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
+    return path
 
 
 def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:

@@ -1,6 +1,6 @@
 """Imports every built-in family module once, which registers the families and their aliases."""
 
-from . import clip, dinov2, dit, sam, student  # noqa: F401
+from . import clip, dinov2, dit, pixart, sam, student  # noqa: F401
 from .registry import ModelSpec, register_model
 
 student.register()

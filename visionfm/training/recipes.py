@@ -94,7 +94,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 def run_recipe(recipe: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> Path:
     """Run a recipe (dict or YAML path) and return its output checkpoint directory."""
     from ..distill import train as _distill  # noqa: F401  (registers the distill task)
-    from . import clip_pretrain, finetune  # noqa: F401  (register their tasks)
+    from . import clip_pretrain, dit_train, finetune  # noqa: F401  (register their tasks)
 
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe, overrides)

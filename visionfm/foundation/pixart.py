@@ -1,0 +1,452 @@
+"""PixArt-α / PixArt-Σ (diffusers) as a feature extractor and a text-to-image generator.
+
+PixArt is a text-conditioned diffusion transformer (DiT blocks with ``adaLN-single`` and cross-attention to T5
+text embeddings). As a feature extractor it works like :mod:`visionfm.foundation.dit` (DIFT-style denoiser
+features), with the class label replaced by a prompt embedding:
+
+1. ``z0 = vae.encode(x).latent_dist.mean * scaling_factor`` (posterior mean: deterministic).
+2. ``eps``: ``ensemble`` draws ``[C, h, w]`` from a CPU ``torch.Generator`` seeded with ``noise_seed``, shared by
+   every image of the batch (a batch encodes exactly as its images do one by one).
+3. ``zt = scheduler.add_noise(z0, eps, t)`` with the DDPM forward process of the checkpoint's noise schedule.
+4. ``transformer(zt, encoder_hidden_states=T5(prompt), timestep=t)`` with forward hooks on
+   ``transformer.transformer_blocks``; the forward stops after the deepest block needed. The prompt is the option
+   ``prompt`` (default ``""``, the embedding classifier-free guidance uses as "unconditional"). Block outputs
+   ``[B, N, C]`` become ``[B, h/p, w/p, C]`` grids, averaged over the ensemble draws.
+
+Generation lives in ``pipeline("generation")`` (:mod:`visionfm.pipelines.generation`), which reuses
+:meth:`PixArtEncoder.encode_prompts` and the components held here.
+
+Loading reads a diffusers ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` directory (``model_index.json``,
+``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) from safetensors only, unless
+``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from .dit import DiTEncoder, _check_int, _load_scheduler, _read_json, _stop_hook, _StopForward
+from .encoder import Encoder, tap_blocks, tokens_to_grid
+from .features import EncoderInfo, Features
+from .preprocess import PreprocessConfig
+from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PIXART_OPTIONS", "PixArtEncoder", "detect", "write_tiny_pixart"]
+
+_PIPELINES = {"PixArtAlphaPipeline": "alpha", "PixArtSigmaPipeline": "sigma"}
+#: Default T5 sequence length of each variant (diffusers' ``max_sequence_length`` defaults).
+MAX_SEQUENCE_LENGTH = {"alpha": 120, "sigma": 300}
+
+#: Family options accepted by ``load_encoder`` for PixArt, with their defaults.
+#:
+#: - ``timestep``: diffusion timestep the latent is noised to (default 100, as for DiT; see ``DIT_OPTIONS``).
+#: - ``layer``: block whose output is ``Features.patches``; ``None`` is the middle block (14 of PixArt-XL's 28).
+#: - ``prompt``: text the denoiser is conditioned on; ``""`` is the classifier-free-guidance null prompt.
+#: - ``noise_seed``: seed of the noise generator.
+#: - ``ensemble``: number of noise draws whose block outputs are averaged.
+PIXART_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"timestep": 100, "layer": None, "prompt": "", "noise_seed": 0, "ensemble": 1}
+)
+
+
+def _is_pixart_transformer_config(cfg: dict[str, Any] | None) -> bool:
+    # The hub's PixArt-alpha configs say "Transformer2DModel"; adaLN-single with caption channels makes it PixArt.
+    if cfg is None:
+        return False
+    name = cfg.get("_class_name")
+    if name == "PixArtTransformer2DModel":
+        return True
+    return (
+        name == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_single" and bool(cfg.get("caption_channels"))
+    )
+
+
+def _variant(path: Path) -> str:
+    index = _read_json(path / "model_index.json") or {}
+    return _PIPELINES.get(str(index.get("_class_name")), "alpha")
+
+
+def detect(path: Path) -> str | None:
+    """Return ``"diffusers"`` if ``path`` is a diffusers PixArt pipeline directory, else ``None``.
+
+    A PixArt directory has a ``model_index.json`` whose ``_class_name`` is ``PixArtAlphaPipeline`` or
+    ``PixArtSigmaPipeline``, or a ``transformer/config.json`` naming a PixArt transformer next to ``text_encoder/``
+    and ``tokenizer/`` folders.
+    """
+    path = Path(path)
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else None
+    if index is not None and index.get("_class_name") in _PIPELINES:
+        return "diffusers"
+    cfg_path = path / "transformer" / "config.json"
+    if (
+        cfg_path.is_file()
+        and (path / "text_encoder").is_dir()
+        and (path / "tokenizer").is_dir()
+        and _is_pixart_transformer_config(_read_json(cfg_path))
+    ):
+        return "diffusers"
+    return None
+
+
+class PixArtEncoder(Encoder):
+    """A diffusers PixArt-α/Σ pipeline behind the :class:`Features` contract.
+
+    Attributes:
+        vae: the pipeline's ``AutoencoderKL``.
+        transformer: the ``PixArtTransformer2DModel`` denoiser.
+        text_encoder: the ``T5EncoderModel``.
+        tokenizer: the T5 tokenizer.
+        scheduler: the pipeline's scheduler, as configured (generation builds a fresh copy per batch).
+        noise_scheduler: a ``DDPMScheduler`` with the same noise schedule, used for ``add_noise``.
+        variant: ``"alpha"`` or ``"sigma"`` (from ``model_index.json``; ``"alpha"`` if it does not say).
+        max_sequence_length: T5 tokens per prompt (120 for α, 300 for Σ, as in diffusers).
+        timestep, layer, prompt, noise_seed, ensemble: the feature options (see ``PIXART_OPTIONS``).
+
+    ``info.has_text`` is False: T5 embeddings are token sequences for cross-attention, not an image-text space.
+    """
+
+    # The VAE and noise pieces are DiT's, unchanged (they read self.vae, self.noise_seed, self.ensemble).
+    encode_latents = DiTEncoder.encode_latents
+    noise = DiTEncoder.noise
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        transformer: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        scheduler: Any,
+        *,
+        name: str,
+        options: dict[str, Any],
+        variant: str = "alpha",
+    ) -> None:
+        from diffusers import DDPMScheduler
+
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        patch = int(transformer.config.patch_size)
+        size = int(transformer.config.sample_size) * vae_scale
+        num_layers = len(transformer.transformer_blocks)
+        width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
+        info = EncoderInfo(
+            family="pixart",
+            backend="diffusers",
+            name=name,
+            embed_dim=width,
+            width=width,
+            patch_size=patch * vae_scale,
+            image_size=(size, size),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            has_text=False,
+            num_layers=num_layers,
+        )
+        pp = PreprocessConfig(
+            resize="shortest_edge",
+            resize_size=size,
+            interpolation="bicubic",
+            crop_size=(size, size),
+            crop_rounding="floor",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resize_backend="pil",
+        )
+        super().__init__(info, pp)
+        if variant not in MAX_SEQUENCE_LENGTH:
+            raise ValueError(f"PixArt variant must be one of {sorted(MAX_SEQUENCE_LENGTH)}, got {variant!r}")
+        self.vae = vae
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.vae_scale_factor = vae_scale
+        self.variant = variant
+        self.max_sequence_length = MAX_SEQUENCE_LENGTH[variant]
+        self._cond_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+
+        opts = {**PIXART_OPTIONS, **options}
+        unknown = sorted(set(opts) - set(PIXART_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown PixArt option(s) {unknown}; valid options: {sorted(PIXART_OPTIONS)}")
+        n_train = int(self.noise_scheduler.config.num_train_timesteps)
+        _check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
+        _check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
+        _check_int("noise_seed", opts["noise_seed"])
+        _check_int("ensemble", opts["ensemble"], lo=1)
+        if not isinstance(opts["prompt"], str):
+            raise TypeError(f"PixArt option prompt= must be a str, got {opts['prompt']!r}")
+        self.timestep: int = opts["timestep"]
+        self.layer: int = self._layer_indices([num_layers // 2 if opts["layer"] is None else opts["layer"]])[0]
+        self.prompt: str = opts["prompt"]
+        self.noise_seed: int = opts["noise_seed"]
+        self.ensemble: int = opts["ensemble"]
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, timestep={self.timestep}, layer={self.layer}, prompt={self.prompt!r}"
+
+    def encode_prompts(
+        self, prompts: Sequence[str], *, max_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 token embeddings of prompts, as ``PixArtAlphaPipeline.encode_prompt`` computes them.
+
+        Prompts are lower-cased and stripped (diffusers' ``clean_caption=False`` path; its caption cleaning, which
+        needs ``beautifulsoup4`` and ``ftfy``, is not reproduced), padded to ``max_length`` and truncated.
+
+        Args:
+            prompts: ``N`` strings.
+            max_length: tokens per prompt; default :attr:`max_sequence_length`.
+
+        Returns:
+            ``(embeds, mask)``: ``[N, L, D_text]`` in the text encoder's dtype and ``[N, L]`` int64 attention mask
+            (1 for tokens, 0 for padding), on the encoder's device.
+        """
+        max_length = int(max_length or self.max_sequence_length)
+        texts = [str(p).lower().strip() for p in prompts]
+        tok = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
+                             add_special_tokens=True, return_tensors="pt")  # fmt: skip
+        dev = self.text_encoder.device
+        ids, mask = tok.input_ids.to(dev), tok.attention_mask.to(dev)
+        n_full = int((tok.attention_mask.sum(1) >= max_length).sum())
+        if n_full:
+            logger.debug("%d prompt(s) filled all %d T5 tokens and may have been truncated", n_full, max_length)
+        embeds = self.text_encoder(ids, attention_mask=mask)[0]
+        return embeds, mask
+
+    def _condition(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached ``(embeds [1, L, D_text], mask [1, L])`` of :attr:`prompt`, recomputed if device/dtype change."""
+        key = (self.prompt, str(self.text_encoder.device), self.text_encoder.dtype)
+        if self._cond_cache is None or self._cond_cache[0] != key:
+            # Outside inference mode so the cached tensors can also be used by a differentiable forward later.
+            with torch.inference_mode(False), torch.no_grad():
+                embeds, mask = self.encode_prompts([self.prompt])
+            self._cond_cache = (key, embeds, mask)
+        return self._cond_cache[1], self._cond_cache[2]
+
+    def added_cond_kwargs(self, batch: int, height: int, width: int, dtype: torch.dtype) -> dict[str, Any]:
+        """PixArt-α 1024's micro-conditions (``resolution`` ``[batch, 2]``, ``aspect_ratio`` ``[batch, 1]``), or
+        ``None`` entries for transformers that do not use them; ``height``/``width`` in pixels."""
+        if not getattr(self.transformer, "use_additional_conditions", False):
+            return {"resolution": None, "aspect_ratio": None}
+        dev = self.transformer.device
+        res = torch.tensor([height, width]).repeat(batch, 1).to(dtype=dtype, device=dev)
+        ar = torch.tensor([float(height / width)]).repeat(batch, 1).to(dtype=dtype, device=dev)
+        return {"resolution": res, "aspect_ratio": ar}
+
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        """Encode preprocessed pixels into denoiser features.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` from :meth:`preprocess` (in [-1, 1]).
+            layers: block indices to tap (negative counts from the end) into ``Features.layers``.
+
+        Returns:
+            ``Features`` with ``patches`` ``[B, h, w, C]`` (output of block :attr:`layer`, ``h = S / patch_size``),
+            ``pooled`` ``[B, C]`` (mean of ``patches`` over the grid) and ``layers`` ``{i: [B, h, w, C]}``; each
+            averaged over the ``ensemble`` noise draws. Differentiable in the image (the prompt embedding is not).
+        """
+        taps = self._layer_indices(layers)
+        needed = sorted(set(taps) | {self.layer})
+        latents = self.encode_latents(pixel_values)
+        b, c, lh, lw = latents.shape
+        e = self.ensemble
+        p = int(self.transformer.config.patch_size)
+        grid = (lh // p, lw // p)
+
+        noise = self.noise((c, lh, lw), device=latents.device)
+        z0 = latents.float().unsqueeze(1).expand(b, e, c, lh, lw).reshape(b * e, c, lh, lw)
+        eps = noise.unsqueeze(0).expand(b, e, c, lh, lw).reshape(b * e, c, lh, lw)
+        t = torch.full((b * e,), self.timestep, dtype=torch.long, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(z0, eps, t).to(latents.dtype)
+        embeds, mask = self._condition()
+        embeds = embeds.to(device=latents.device, dtype=latents.dtype).expand(b * e, -1, -1)
+        mask = mask.to(latents.device).expand(b * e, -1)
+        h_px, w_px = pixel_values.shape[-2:]
+        added = self.added_cond_kwargs(b * e, int(h_px), int(w_px), latents.dtype)
+
+        blocks = self.transformer.transformer_blocks
+        with tap_blocks(blocks, needed) as captured:
+            stop = blocks[needed[-1]].register_forward_hook(_stop_hook)  # runs after the tap hooks
+            try:
+                self.transformer(noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
+                                 added_cond_kwargs=added, return_dict=False)  # fmt: skip
+            except _StopForward:
+                pass
+            finally:
+                stop.remove()
+
+        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+            tokens = tokens.reshape(b, e, *tokens.shape[1:]).mean(1)
+            return tokens_to_grid(tokens, grid)
+
+        patches = to_grid(captured[self.layer])
+        out_layers = {i: (patches if i == self.layer else to_grid(captured[i])) for i in taps}
+        return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
+
+
+def build(req: LoadRequest) -> PixArtEncoder:
+    """Build a :class:`PixArtEncoder` from a diffusers PixArt-α/Σ pipeline directory."""
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    if req.backend != "diffusers":
+        raise ValueError(f"PixArt supports backend 'diffusers' only, got {req.backend!r}")
+    path = Path(req.path)
+    for sub in ("vae", "transformer", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise FileNotFoundError(f"{path} is not a PixArt pipeline directory: missing {sub}/")
+    # load_encoder has already refused pickle-only component folders unless allow_pickle=True.
+    use_st = None if req.allow_pickle else True
+    vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)
+    transformer = PixArtTransformer2DModel.from_pretrained(str(path), subfolder="transformer", use_safetensors=use_st)
+    text_encoder = T5EncoderModel.from_pretrained(str(path / "text_encoder"), use_safetensors=use_st)
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    scheduler = _load_scheduler(path)
+    variant = _variant(path)
+    logger.debug("PixArt-%s %s: transformer %s, scheduler %s", variant, req.name, transformer.config, scheduler)
+    return PixArtEncoder(vae, transformer, text_encoder, tokenizer, scheduler, name=req.name,
+                         options=dict(req.options), variant=variant)  # fmt: skip
+
+
+def _tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """``n`` short captions from a fixed word list (deterministic for ``seed``)."""
+    import random
+
+    rng = random.Random(seed)
+    colours = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange", "grey", "pink"]
+    shapes = ["square", "circle", "triangle", "star", "cat", "dog", "house", "tree", "car", "cup", "bird", "boat"]
+    places = ["on a table", "in a field", "at night", "under the sky", "near the sea", "in the snow", "on grass"]
+    styles = ["a photo of", "a painting of", "a drawing of", "a close-up of", "an image of", "a picture of"]
+    out = []
+    for _ in range(n):
+        s = f"{rng.choice(styles)} a {rng.choice(colours)} {rng.choice(shapes)}"
+        if rng.random() < 0.6:
+            s += f" {rng.choice(places)}"
+        if rng.random() < 0.3:
+            s += f" and a {rng.choice(colours)} {rng.choice(shapes)}"
+        out.append(s)
+    return out
+
+
+def _tiny_t5_tokenizer(workdir: Path, vocab_size: int = 64) -> Any:
+    """A T5 tokenizer built offline: a sentencepiece unigram model trained on :func:`_tiny_corpus`.
+
+    Ids follow T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, no BOS; no sentinel (``<extra_id_*>``) tokens.
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = workdir / "corpus.txt"
+    corpus.write_text("\n".join(_tiny_corpus()) + "\n")
+    prefix = workdir / "spiece"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, normalization_rule_name="identity",
+        num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    vocab = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
+    try:  # transformers >= 5: T5Tokenizer is tokenizers-backed and takes the unigram vocabulary
+        return T5Tokenizer(vocab=vocab, extra_ids=0)
+    except TypeError:  # transformers 4.x: the sentencepiece-backed slow tokenizer
+        return T5Tokenizer(vocab_file=str(prefix) + ".model", extra_ids=0, legacy=False)
+
+
+def write_tiny_pixart(path: Path, backend: str = "diffusers") -> None:
+    """Write a tiny random PixArt-α pipeline (diffusers ``save_pretrained`` layout, safetensors).
+
+    Transformer: ``PixArtTransformer2DModel``, 2 blocks, 2 heads x 8 dims (width 16), patch 2, latent sample size 8,
+    caption channels 16, learned sigma (8 output channels). VAE: ``block_out_channels=(8, 16)`` (scale 2), 4 latent
+    channels. Text encoder: ``T5EncoderModel`` with ``d_model=16``, 2 layers. Tokenizer: a 64-piece sentencepiece
+    unigram model trained offline on generated captions. Scheduler: ``DPMSolverMultistepScheduler()`` (the real
+    checkpoints' sampler). Images 16 px, patch grid 4 x 4. Loadable with ``PixArtAlphaPipeline.from_pretrained(path)``.
+    Torch must be seeded by the caller.
+
+    Args:
+        path: directory to write into (created if missing).
+        backend: only ``"diffusers"``.
+    """
+    import tempfile
+
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    if backend != "diffusers":
+        raise ValueError(f"tiny PixArt checkpoints exist for backend 'diffusers' only, got {backend!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tiny_t5_tokenizer(Path(tmp))
+    text_cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+                        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)  # fmt: skip
+    text_encoder = T5EncoderModel(text_cfg).eval()
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        caption_channels=16,
+        cross_attention_dim=16,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=DPMSolverMultistepScheduler())  # fmt: skip
+    pipe.save_pretrained(str(path), safe_serialization=True)
+
+
+register_family(
+    Family(
+        name="pixart",
+        backends=("diffusers",),
+        detect=detect,
+        build=build,
+        options=PIXART_OPTIONS,
+        description="PixArt-α/Σ text-to-image DiT: denoiser features and generation, via diffusers",
+    )
+)
+register_model(
+    ModelSpec(
+        name="pixart-alpha-512",
+        family="pixart",
+        source="PixArt-alpha/PixArt-XL-2-512x512",
+        backend="diffusers",
+        description="PixArt-α XL/2 text-to-image, 512 px (64x64 latents, 32x32 grid), T5-XXL text encoder",
+    )
+)
+register_model(
+    ModelSpec(
+        name="pixart-sigma-1024",
+        family="pixart",
+        source="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+        backend="diffusers",
+        description="PixArt-Σ XL/2 text-to-image, 1024 px (128x128 latents, 64x64 grid), T5-XXL text encoder",
+    )
+)
