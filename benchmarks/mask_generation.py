@@ -39,7 +39,7 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / union if union else 1.0
 
 
-def run(size: str, root: Path, points_per_side: int, thresholds: tuple[float, float]) -> dict:
+def run(size: str, root: Path, points_per_side: int, thresholds: tuple[float, float], device: str = "cpu") -> dict:
     import skimage.data as d
     from PIL import Image
     from transformers import pipeline as hf_pipeline
@@ -49,8 +49,8 @@ def run(size: str, root: Path, points_per_side: int, thresholds: tuple[float, fl
     path = checkpoint(size, root)
     image = d.astronaut()
     opts = dict(pred_iou_thresh=thresholds[0], stability_score_thresh=thresholds[1])
-    ours = vfm.pipeline("mask-generation", model=str(path), device="cpu")
-    ref = hf_pipeline("mask-generation", model=str(path), device="cpu")
+    ours = vfm.pipeline("mask-generation", model=str(path), device=device)
+    ref = hf_pipeline("mask-generation", model=str(path), device=device)
     t0 = time.perf_counter()
     got = ours(image, points_per_side=points_per_side, points_per_batch=64, **opts)  # cold: includes the encoder
     t_ours = time.perf_counter() - t0

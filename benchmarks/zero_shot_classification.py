@@ -76,7 +76,7 @@ def checkpoint(size: str, root: Path) -> Path:
     return path
 
 
-def run(size: str, root: Path, n_images: int, n_ref: int, ref_batch: int) -> dict:
+def run(size: str, root: Path, n_images: int, n_ref: int, ref_batch: int, device: str = "cpu") -> dict:
     import open_clip.zero_shot_metadata as meta
     from PIL import Image
     from transformers import pipeline as hf_pipeline
@@ -87,8 +87,8 @@ def run(size: str, root: Path, n_images: int, n_ref: int, ref_batch: int) -> dic
     images = make_images(n_images)
     labels = list(meta.IMAGENET_CLASSNAMES[:100])
     template = "This is a photo of {}."
-    ours = vfm.pipeline("zero-shot-classification", model=str(path), device="cpu", templates=template, batch_size=32)
-    ref = hf_pipeline("zero-shot-image-classification", model=str(path), device="cpu")
+    ours = vfm.pipeline("zero-shot-classification", model=str(path), device=device, templates=template, batch_size=32)
+    ref = hf_pipeline("zero-shot-image-classification", model=str(path), device=device)
     pil = [Image.fromarray(x) for x in images]
     # warm-up (allocations, lazy imports) on one image, outside the timings
     ours(images[:1], labels=labels[:2], templates="a {}")

@@ -114,7 +114,7 @@ def owlv2_base(root: Path) -> Path:
     return path
 
 
-def grounding_vs_transformers(images: list[np.ndarray], path: Path, threshold: float) -> dict:
+def grounding_vs_transformers(images: list[np.ndarray], path: Path, threshold: float, device: str = "cpu") -> dict:
     """Seconds for ``len(images)`` images × 10 phrases: ours vs transformers' pipeline, same weights."""
     from PIL import Image
     from transformers import pipeline as hf_pipeline
@@ -122,8 +122,8 @@ def grounding_vs_transformers(images: list[np.ndarray], path: Path, threshold: f
     import visionfm as vfm
 
     # no NMS on our side: transformers' pipeline has none, and the outputs are compared box for box
-    ours = vfm.pipeline("grounding", model=str(path), device="cpu", batch_size=1, nms_thresh=1.0)
-    ref = hf_pipeline("zero-shot-object-detection", model=str(path), device="cpu")
+    ours = vfm.pipeline("grounding", model=str(path), device=device, batch_size=1, nms_thresh=1.0)
+    ref = hf_pipeline("zero-shot-object-detection", model=str(path), device=device)
     pil = [Image.fromarray(im) for im in images]
     ours(images[0], phrases=PHRASES[:2], threshold=threshold)  # warm-up
     ref(pil[0], candidate_labels=PHRASES[:2], threshold=threshold)

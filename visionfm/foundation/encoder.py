@@ -108,6 +108,8 @@ class Encoder(nn.Module):
         layers: Sequence[int] | None = None,
         progress: bool | None = None,
         output_device: torch.device | str | None = None,
+        num_workers: int | None = None,
+        decode_device: torch.device | str | None = None,
     ) -> Features:
         """Encode images in batches under ``torch.inference_mode``.
 
@@ -119,11 +121,19 @@ class Encoder(nn.Module):
             progress: show a tqdm bar; default: only when there is more than one batch.
             output_device: where to gather results (default: the encoder's device). Use ``"cpu"``
                 for large inputs on a GPU.
+            num_workers: DataLoader worker processes that decode the next batches while the model runs
+                (pinned memory on CUDA). Default: for file paths spanning several batches, half the CPU cores
+                (at most 8) when the model is on a GPU, else 1; otherwise 0 (decode in this process).
+            decode_device: ``"cuda"`` decodes JPEG files on the GPU in batches (nvJPEG, via torchvision); other
+                files fall back to PIL. Default: ``"cuda"`` for JPEG paths when the model is on CUDA, else PIL.
 
         Returns:
             ``Features`` with one row per input image, in input order.
         """
+        import os
+
         from ..data.images import as_image_list
+        from ..data.loader import iter_image_batches
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -132,18 +142,26 @@ class Encoder(nn.Module):
             raise ValueError("encode() got no images")
         n_batches = math.ceil(len(items) / batch_size)
         show = n_batches > 1 if progress is None else progress
+        paths = all(isinstance(x, (str, os.PathLike)) for x in items)
+        on_gpu = self.device.type == "cuda"
+        if num_workers is None:
+            cores = os.cpu_count() or 1
+            num_workers = (min(8, max(1, cores // 2)) if on_gpu else 1) if paths and n_batches > 1 else 0
+        if decode_device is None and paths and on_gpu:
+            decode_device = self.device
         parts: list[Features] = []
         with (
             torch.inference_mode(),
             tqdm(total=len(items), desc=f"encode {self._info.name}", unit="img", disable=not show) as bar,
         ):
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                feats = self(self.preprocess(chunk), layers=layers)
+            for batch in iter_image_batches(items, batch_size, num_workers=num_workers, device=self.device,
+                                            decode_device=decode_device):  # fmt: skip
+                pixels, _ = preprocess_uint8(batch, self.preprocess_config, device=self.device)
+                feats = self(pixels.to(self.dtype), layers=layers)
                 if output_device is not None:
                     feats = feats.to(output_device)
                 parts.append(feats)
-                bar.update(len(chunk))
+                bar.update(len(batch))
         return Features.cat(parts)
 
     def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

@@ -291,6 +291,8 @@ def load_encoder(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     adapter: str | os.PathLike | None = None,
+    compile: bool | dict[str, Any] = False,
+    channels_last: bool = False,
     **overrides: Any,
 ) -> Encoder:
     """Build an encoder from an alias, a hub id, an open_clip tag or a local directory.
@@ -310,6 +312,10 @@ def load_encoder(
         cache_dir: Hugging Face cache directory.
         adapter: a PEFT adapter directory (``visionfm.adapters.save``) or hub id, loaded onto the encoder
             frozen, for inference (see ``visionfm.adapters.load_adapter``).
+        compile: ``torch.compile`` the encoder's forward (``True``, or a dict of ``torch.compile`` keyword
+            arguments such as ``{"mode": "max-autotune"}``); the first call of each input shape compiles.
+        channels_last: store convolution weights, and expect inputs, in NHWC memory layout (faster convolutions
+            on GPUs with tensor cores: the CLIP ResNets, SAM's neck, the VAE of DiT).
         **overrides: family options (e.g. ``timestep=`` for DiT); unknown ones raise, listing the
             valid ones.
 
@@ -367,6 +373,12 @@ def load_encoder(
         from ..adapters import load_adapter
 
         load_adapter(enc, adapter, allow_pickle=allow_pickle, local_files_only=local_files_only, cache_dir=cache_dir)
+    if channels_last:
+        enc = enc.to(memory_format=torch.channels_last)
+    if compile:
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {compile!r}")
+        enc.compile(**(compile if isinstance(compile, dict) else {}))
     logger.info("loaded %s (%s/%s) from %s on %s", name, family.name, chosen, path, enc.device)
     return enc
 
@@ -377,5 +389,6 @@ def _validate_options(family: str, overrides: dict[str, Any]) -> None:
     if unknown:
         raise TypeError(
             f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid) or 'none'} "
-            "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir, adapter)"
+            "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir, adapter, compile, "
+            "channels_last)"
         )

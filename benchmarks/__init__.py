@@ -1,0 +1,1 @@
+"""Speed benchmarks: visionfm side by side with its peer libraries. ``python -m benchmarks --help`` runs the suite."""

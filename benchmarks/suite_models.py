@@ -1,0 +1,367 @@
+"""Models of the speed suite: real architectures with random weights, written once in each family's on-disk format,
+and the peer library's side of every case (its own loader on the same files, its raw forward, its own image path).
+
+Formats (one per model):
+
+- ``vit-b-16``, ``vit-l-14``: open_clip (``open_clip_config.json`` + ``open_clip_model.safetensors``), open_clip's
+  built-in ``ViT-B-16`` / ``ViT-L-14`` configs. Peer: ``open_clip.create_model_and_transforms("local-dir:...")``.
+- ``vit-b-16-hf`` (not in ``all``): the same ViT-B/16 converted to transformers format. Peer:
+  ``CLIPVisionModelWithProjection`` + ``CLIPImageProcessor``.
+- ``dinov2-b-14``, ``dinov2-l-14``: transformers ``Dinov2Model`` + ``BitImageProcessor`` (dinov2-base/-large configs).
+  Peer: ``Dinov2Model`` and ``pipeline("image-feature-extraction")``.
+- ``sam-vit-b``: transformers ``SamModel`` (``SamConfig()`` is SAM ViT-B, 1024 px) + ``SamImageProcessor``.
+  Peer: ``SamModel.get_image_embeddings`` and ``SamProcessor``.
+- ``dit-xl-2-256``: diffusers pipeline directory: ``DiTTransformer2DModel`` XL/2 (28 blocks, 16 heads x 72, latent
+  32 x 32), ``AutoencoderKL`` with sd-vae-ft-ema's config, ``DDIMScheduler``. Peer: diffusers' ``AutoencoderKL`` +
+  ``DiTTransformer2DModel`` loaded from the same directory.
+- ``tiny-clip``, ``tiny-dinov2`` (tests only): ``visionfm.testing.tiny_checkpoint`` (open_clip / transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ALL_MODELS = ["vit-b-16", "vit-l-14", "dinov2-b-14", "dinov2-l-14", "sam-vit-b", "dit-xl-2-256"]
+TINY_MODELS = ["tiny-clip", "tiny-dinov2"]
+
+
+def cache_root() -> Path:
+    """``$VISIONFM_BENCH_CACHE`` or ``~/.cache/visionfm/bench``."""
+    return Path(os.environ.get("VISIONFM_BENCH_CACHE", Path.home() / ".cache" / "visionfm" / "bench"))
+
+
+def _write_once(name: str, writer: Callable[[Path], None], root: Path | None = None) -> Path:
+    """Write a checkpoint directory once (atomically, marked by ``.complete``) and return it."""
+    root = root or cache_root()
+    out = root / name
+    if (out / ".complete").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        writer(tmp)
+    (tmp / ".complete").write_text("ok\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# -- writers ---------------------------------------------------------------------------------------------------------
+def _write_open_clip(arch: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import open_clip
+
+        from visionfm.foundation.clip import write_tiny_clip
+
+        write_tiny_clip(path, "open_clip", model_cfg=open_clip.get_model_config(arch))
+
+    return write
+
+
+def _write_hf_clip_b16(path: Path) -> None:
+    from visionfm.foundation.clip import convert_checkpoint
+
+    src = checkpoint("vit-b-16")
+    tmp = path / "converted"
+    convert_checkpoint(src, tmp, to="transformers")
+    for p in tmp.iterdir():
+        p.rename(path / p.name)
+    tmp.rmdir()
+
+
+def _write_dinov2(hidden: int, layers: int, heads: int) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+        cfg = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=4,
+                           image_size=518, patch_size=14, layerscale_value=1.0)  # fmt: skip
+        Dinov2Model(cfg).save_pretrained(path, safe_serialization=True)
+        BitImageProcessor(size={"shortest_edge": 256}, resample=3, crop_size={"height": 224, "width": 224},
+                          image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)  # fmt: skip
+
+    return write
+
+
+def _write_sam_b(path: Path) -> None:
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    SamModel(SamConfig()).save_pretrained(path, safe_serialization=True)  # SamConfig's defaults are SAM ViT-B
+    proc = SamImageProcessor()
+    proc.save_pretrained(path)
+    SamProcessor(image_processor=proc).save_pretrained(path)
+
+
+def _write_dit_xl2(path: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                                        num_layers=28, sample_size=32, patch_size=2, norm_num_groups=32,
+                                        num_embeds_ada_norm=1000, norm_type="ada_norm_zero")  # fmt: skip
+    vae = AutoencoderKL(  # stabilityai/sd-vae-ft-ema
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        latent_channels=4, norm_num_groups=32, sample_size=256, act_fn="silu", scaling_factor=0.18215,
+    )  # fmt: skip
+    sched = DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=sched).save_pretrained(str(path), safe_serialization=True)
+
+
+def _tiny(kind: str, backend: str) -> Path:
+    from visionfm.testing import tiny_checkpoint
+
+    return tiny_checkpoint(kind, backend)
+
+
+_WRITERS: dict[str, Callable[[Path], None]] = {
+    "vit-b-16": _write_open_clip("ViT-B-16"),
+    "vit-l-14": _write_open_clip("ViT-L-14"),
+    "vit-b-16-hf": _write_hf_clip_b16,
+    "dinov2-b-14": _write_dinov2(768, 12, 12),
+    "dinov2-l-14": _write_dinov2(1024, 24, 16),
+    "sam-vit-b": _write_sam_b,
+    "dit-xl-2-256": _write_dit_xl2,
+}
+
+
+def checkpoint(name: str, root: Path | None = None) -> Path:
+    """The checkpoint directory of suite model ``name``, written on first use."""
+    if name == "tiny-clip":
+        return _tiny("clip", "open_clip")
+    if name == "tiny-dinov2":
+        return _tiny("dinov2", "transformers")
+    if name not in _WRITERS:
+        raise ValueError(f"unknown suite model {name!r}; choose from {ALL_MODELS + ['vit-b-16-hf'] + TINY_MODELS}")
+    return _write_once(name, _WRITERS[name], root)
+
+
+# -- peers -----------------------------------------------------------------------------------------------------------
+@dataclass
+class Peer:
+    """The peer library's side of one model.
+
+    Attributes:
+        name: what the peer is, for the report.
+        forward: raw forward on a preprocessed batch -> pooled embedding ``[B, D]`` (inference mode is the caller's).
+        modules: the peer's ``nn.Module`` s (weights accounting, FLOP counting).
+        e2e: paths, batch size -> pooled ``[N, D]``, the peer's own decode + preprocess + forward.
+        e2e_name: what ``e2e`` is.
+        note: how ``forward`` relates to ours (e.g. extra work the peer cannot skip).
+    """
+
+    name: str
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    modules: list[torch.nn.Module]
+    e2e: Callable[[list[str], int], torch.Tensor]
+    e2e_name: str
+    note: str = ""
+
+
+def _batched(paths: list[str], bs: int, fn: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    return torch.cat([fn(paths[i : i + bs]) for i in range(0, len(paths), bs)])
+
+
+def _pil(paths: list[str]) -> list:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def build_peer(name: str, path: Path, device: torch.device, dtype: torch.dtype, ours: Any) -> Peer:
+    """Load ``path`` with the peer library (fresh weights from disk, not shared with ours)."""
+    family = ours.info.family
+    if family == "clip" and ours.info.backend == "open_clip":
+        return _open_clip_peer(path, device, dtype)
+    if family == "clip":
+        return _hf_clip_peer(path, device, dtype)
+    if family == "dinov2":
+        return _dinov2_peer(path, device, dtype)
+    if family == "sam":
+        return _sam_peer(path, device, dtype)
+    if family == "dit":
+        return _dit_peer(path, device, dtype, ours)
+    raise ValueError(f"no peer for family {family!r}")
+
+
+def _open_clip_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device="cpu")
+    model = model.to(device=device, dtype=dtype).eval()
+
+    def e2e_batch(paths: list[str]) -> torch.Tensor:
+        x = torch.stack([preprocess(im) for im in _pil(paths)]).to(device=device, dtype=dtype)
+        return model.encode_image(x)
+
+    return Peer(
+        name="open_clip encode_image",
+        forward=model.encode_image,
+        modules=[model.visual],
+        e2e=lambda paths, bs: _batched(paths, bs, e2e_batch),
+        e2e_name="open_clip: PIL decode + preprocess_val transform + encode_image",
+    )
+
+
+def _hf_clip_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = CLIPImageProcessor.from_pretrained(path)
+
+    def e2e_batch(paths: list[str]) -> torch.Tensor:
+        x = proc(images=_pil(paths), return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+        return model(pixel_values=x).image_embeds
+
+    return Peer(
+        name="transformers CLIPVisionModelWithProjection",
+        forward=lambda x: model(pixel_values=x).image_embeds,
+        modules=[model],
+        e2e=lambda paths, bs: _batched(paths, bs, e2e_batch),
+        e2e_name="transformers: PIL decode + CLIPImageProcessor + CLIPVisionModelWithProjection",
+    )
+
+
+def _dinov2_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import Dinov2Model
+    from transformers import pipeline as hf_pipeline
+
+    model = Dinov2Model.from_pretrained(path, dtype=dtype).to(device).eval()
+    pipe = hf_pipeline("image-feature-extraction", model=str(path), device=device, dtype=dtype)
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        out = pipe(paths, batch_size=bs, pool=True)
+        return torch.cat([torch.as_tensor(np.asarray(o, dtype=np.float32)).reshape(1, -1) for o in out])
+
+    return Peer(
+        name="transformers Dinov2Model",
+        forward=lambda x: model(pixel_values=x).pooler_output,
+        modules=[model],
+        e2e=e2e,
+        e2e_name='transformers pipeline("image-feature-extraction", pool=True)',
+    )
+
+
+def _sam_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import SamModel, SamProcessor
+
+    model = SamModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = SamProcessor.from_pretrained(path)
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        return model.get_image_embeddings(x).mean(dim=(2, 3))
+
+    def e2e_batch(paths: list[str]) -> torch.Tensor:
+        x = proc(images=_pil(paths), return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
+        return fwd(x)
+
+    return Peer(
+        name="transformers SamModel.get_image_embeddings",
+        forward=fwd,
+        modules=[model.vision_encoder],
+        e2e=lambda paths, bs: _batched(paths, bs, e2e_batch),
+        # transformers' image-feature-extraction pipeline runs the whole SamModel (no prompts) and has no pooled
+        # output for SAM, so the peer is transformers' own processor + image encoder
+        e2e_name="transformers: PIL decode + SamProcessor + get_image_embeddings",
+    )
+
+
+def _dit_peer(path: Path, device: torch.device, dtype: torch.dtype, ours: Any) -> Peer:
+    from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
+    from torchvision.transforms import functional as TF
+
+    vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", dtype=dtype).to(device).eval()
+    dit = DiTTransformer2DModel.from_pretrained(str(path), subfolder="transformer", dtype=dtype).to(device).eval()
+    sched = DDPMScheduler.from_pretrained(str(path), subfolder="scheduler")
+    t_step, layer, label, seed = ours.timestep, ours.layer, ours.class_label, ours.noise_seed
+    size = int(dit.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        eps = torch.randn(tuple(z.shape[1:]), generator=g).to(z.device).expand(z.shape)
+        t = torch.full((z.shape[0],), t_step, dtype=torch.long, device=z.device)
+        zt = sched.add_noise(z.float(), eps, t).to(z.dtype)
+        labels = torch.full((z.shape[0],), label, dtype=torch.long, device=z.device)
+        got: dict[str, torch.Tensor] = {}
+        h = dit.transformer_blocks[layer].register_forward_hook(lambda m, i, o: got.__setitem__("x", o))
+        try:
+            dit(
+                zt, timestep=t, class_labels=labels, return_dict=False
+            )  # the full denoiser: diffusers has no early exit
+        finally:
+            h.remove()
+        return got["x"].mean(1)
+
+    def e2e_batch(paths: list[str]) -> torch.Tensor:
+        ims = []
+        for im in _pil(paths):  # ADM / DiT center_crop_arr: bicubic shortest side, floor crop
+            s = size / min(im.size)
+            im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), resample=3)
+            x0, y0 = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+            ims.append(TF.to_tensor(im.crop((x0, y0, x0 + size, y0 + size))))
+        x = TF.normalize(torch.stack(ims), [0.5] * 3, [0.5] * 3).to(device=device, dtype=dtype)
+        return fwd(x)
+
+    return Peer(
+        name="diffusers AutoencoderKL.encode + add_noise + DiTTransformer2DModel",
+        forward=fwd,
+        modules=[vae.encoder, vae.quant_conv, dit],
+        e2e=lambda paths, bs: _batched(paths, bs, e2e_batch),
+        e2e_name="diffusers: PIL decode + center_crop_arr + VAE + DiT forward",
+        note=f"peer runs all {len(dit.transformer_blocks)} DiT blocks (diffusers has no early exit); ours stops "
+        f"after block {layer}, the feature block",
+    )
+
+
+# -- images ----------------------------------------------------------------------------------------------------------
+def write_images(n: int, root: Path | None = None) -> list[str]:
+    """``n`` JPEG files: random crops (varying sizes and aspect ratios) of four ``skimage.data`` photos."""
+    import skimage.data as d
+    from PIL import Image
+
+    folder = (root or cache_root()) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{i:05d}.jpg" for i in range(n)]
+    if all(p.exists() for p in paths):
+        return [str(p) for p in paths]
+    base = [d.astronaut(), d.chelsea(), d.coffee(), d.rocket()]
+    rng = np.random.default_rng(0)
+    for i, p in enumerate(paths):
+        img = base[i % len(base)]
+        h, w = img.shape[:2]
+        ch, cw = int(rng.integers(h // 2, h + 1)), int(rng.integers(w // 2, w + 1))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        if not p.exists():
+            Image.fromarray(np.ascontiguousarray(img[y : y + ch, x : x + cw])).save(p, quality=90)
+    return [str(p) for p in paths]
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """A short description of a checkpoint directory (format + the config that defines its size)."""
+    if (path / "open_clip_config.json").is_file() and not (path / "config.json").is_file():
+        cfg = json.loads((path / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+        return {"format": "open_clip", "vision_cfg": cfg}
+    if (path / "model_index.json").is_file():
+        cfg = json.loads((path / "transformer" / "config.json").read_text())
+        keep = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size", "sample_size")
+        return {"format": "diffusers", "transformer": {k: cfg[k] for k in keep}}
+    cfg = json.loads((path / "config.json").read_text())
+    vc = cfg.get("vision_config", cfg)
+    keep = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
+    return {"format": "transformers", "model_type": cfg.get("model_type"), **{k: vc.get(k) for k in keep if k in vc}}
