@@ -123,7 +123,8 @@ class Encoder(nn.Module):
                 for large inputs on a GPU.
             num_workers: DataLoader worker processes that decode the next batches while the model runs
                 (pinned memory on CUDA). Default: for file paths spanning several batches, half the CPU cores
-                (at most 8) when the model is on a GPU, else 1; otherwise 0 (decode in this process).
+                (at most 8) when the model is on a GPU; otherwise 0 (decode in this process: on a CPU model, workers
+                would take cores from the forward pass).
             decode_device: ``"cuda"`` decodes JPEG files on the GPU in batches (nvJPEG, via torchvision); other
                 files fall back to PIL. Default: ``"cuda"`` for JPEG paths when the model is on CUDA, else PIL.
 
@@ -146,7 +147,8 @@ class Encoder(nn.Module):
         on_gpu = self.device.type == "cuda"
         if num_workers is None:
             cores = os.cpu_count() or 1
-            num_workers = (min(8, max(1, cores // 2)) if on_gpu else 1) if paths and n_batches > 1 else 0
+            # on a CPU model, decode workers take cores from the forward pass (measured: 0.87x vs 0.9x+ inline)
+            num_workers = min(8, max(1, cores // 2)) if on_gpu and paths and n_batches > 1 else 0
         if decode_device is None and paths and on_gpu:
             decode_device = self.device
         parts: list[Features] = []
