@@ -113,7 +113,7 @@ def test_generation_resumes_and_never_regenerates_finished_chunks(dit_dir, clip_
 def test_generation_task_errors_name_the_problem(dit_dir, clip_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown metric 'fod'"):
         Runner(_suite(clip_dir, metrics=[{"metric": "fod"}]), str(dit_dir), tmp_path).run()
-    with pytest.raises(ValueError, match="needs a DiT generator"):
+    with pytest.raises(ValueError, match="needs a DiT or PixArt generator"):
         Runner(_suite(clip_dir), str(clip_dir), tmp_path).run()
     with pytest.raises(ValueError, match="unknown class 'zebra'"):
         Runner(_suite(clip_dir, classes=["zebra"]), str(dit_dir), tmp_path).run()
@@ -242,3 +242,25 @@ def test_cli_eval_generation_prints_raw_values(dit_dir, clip_dir, tmp_path):
     assert "FD-clip" in proc.stdout and "%" not in proc.stdout.split("FD-clip")[1].splitlines()[0]
     res = json.loads(next((tmp_path / "o").glob("*.json")).read_text())["results"][0]
     assert res["samples"] == 3
+
+
+def test_text_to_image_generation_task_scores_each_image_against_its_prompt(tiny_root, clip_dir, tmp_path):
+    import visionfm as vfm
+
+    pix = tiny_checkpoint("pixart", root=tiny_root)
+    prompts = ["a red square", "a blue circle"]
+    suite = _suite(clip_dir, classes=None, prompts=prompts, num_per_prompt=2, steps=2, guidance_scale=3.0,
+                   metrics=[{"metric": "fd", "encoder": str(clip_dir), "label": "clip"},
+                            {"metric": "clip_score", "encoder": str(clip_dir), "label": "clip"}])  # fmt: skip
+    del suite.tasks[0]["classes"]
+    res = Runner(suite, str(pix), tmp_path, batch_size=3, chunk_size=3).run()["results"][0]
+    assert res["samples"] == 4 and res["protocol"]["kind"] == "text-to-image" and res["protocol"]["prompts"] == prompts
+    out = vfm.pipeline("generation", model=str(pix), batch_size=3)(prompts=prompts, num_images_per_prompt=2, steps=2,
+                                                                     guidance_scale=3.0, seed=5, output_type="np")  # fmt: skip
+    clip = vfm.load_encoder(str(clip_dir), device="cpu")
+    img = clip.encode(out.images, progress=False).pooled.double().numpy()
+    txt = clip.encode_text(out.prompts).double().numpy()
+    cos = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+    assert res["metrics"]["CLIPScore-clip"] == pytest.approx(np.maximum(100 * cos, 0).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="needs 'prompts'"):
+        Runner(_suite(clip_dir), str(pix), tmp_path / "x").run()

@@ -198,43 +198,70 @@ def _stats(rows: torch.Tensor, valid: torch.Tensor, encoder: str, protocol: dict
 
 def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """The ``generation`` task; see the module docstring. ``runner.encoder`` must be a generator (DiT)."""
-    from ..pipelines.generation import PRESETS, GenerationPipeline, label_ids
+    from ..pipelines.generation import PRESETS, TEXT_PRESETS, GenerationPipeline, label_ids
     from .tasks import _task_key
 
     enc = runner.encoder
-    if enc.info.family != "dit":
-        raise ValueError(f"task {task['name']}: generation needs a DiT generator as --model, got family "
+    if enc.info.family not in ("dit", "pixart"):
+        raise ValueError(f"task {task['name']}: generation needs a DiT or PixArt generator as --model, got family "
                          f"{enc.info.family!r}")  # fmt: skip
+    text = enc.info.family == "pixart"
     specs = _check_metrics(task)
     gen = GenerationPipeline(enc, batch_size=runner.batch_size)
+    presets = TEXT_PRESETS if text else PRESETS
     preset = task.get("preset", "quick")
-    if preset not in PRESETS:
-        raise ValueError(f"task {task['name']}: unknown preset {preset!r}; presets: {sorted(PRESETS)}")
-    steps = int(task.get("steps", PRESETS[preset]["steps"]))
-    cfg = float(task.get("guidance_scale", PRESETS[preset]["guidance_scale"]))
+    if preset not in presets:
+        raise ValueError(f"task {task['name']}: unknown preset {preset!r}; presets: {sorted(presets)}")
+    steps = int(task.get("steps", presets[preset]["steps"]))
+    cfg = float(task.get("guidance_scale", presets[preset]["guidance_scale"]))
     seed = int(task.get("seed", 0))
-    n_classes = int(enc.transformer.config.num_embeds_ada_norm)
-    id2label = getattr(enc, "id2label", {}) or {}
-    classes = task.get("classes")
-    ids = label_ids(classes, id2label, n_classes) if classes else sorted(id2label) or list(range(n_classes))
-    per = int(task.get("num_per_class", 1))
+    if text:  # text-to-image: the "classes" are the prompts; CLIP score compares each image with its own prompt
+        prompts = task.get("prompts")
+        if not prompts or not all(isinstance(x, str) for x in prompts):
+            raise ValueError(
+                f"task {task['name']}: a text-to-image generator needs 'prompts': [\"a photo of ...\", ...]"
+            )
+        class_names, ids = list(prompts), list(range(len(prompts)))
+        per = int(task.get("num_per_prompt", task.get("num_per_class", 1)))
+        for m in specs:
+            m.setdefault("template", "{}")
+    else:
+        if task.get("prompts"):
+            raise ValueError(f"task {task['name']}: 'prompts' are for text-to-image generators; this one is "
+                             "class-conditional: use 'classes'")  # fmt: skip
+        n_classes = int(enc.transformer.config.num_embeds_ada_norm)
+        id2label = getattr(enc, "id2label", {}) or {}
+        classes = task.get("classes")
+        ids = label_ids(classes, id2label, n_classes) if classes else sorted(id2label) or list(range(n_classes))
+        per = int(task.get("num_per_class", 1))
+        class_names = [id2label.get(i, str(i)).split(",")[0].strip() for i in range(n_classes)]
     plan_ids = [i for i in ids for _ in range(per)]
     if task.get("num_samples"):
         n = int(task["num_samples"])
         plan_ids = [ids[i % len(ids)] for i in range(n)]
-    class_names = [id2label.get(i, str(i)).split(",")[0].strip() for i in range(n_classes)]
     plan = GenerationPlan(plan_ids, [class_names[i] for i in plan_ids], seed)
     protocol = {"generator": runner.model_name, "generator_sha256": runner.fingerprint, "preset": preset,
+                "kind": "text-to-image" if text else "class-conditional",
                 "steps": steps, "guidance_scale": cfg, "seed": seed, "scheduler": type(enc.scheduler).__name__,
                 "dtype": str(enc.dtype).removeprefix("torch."), "num_samples": len(plan), "classes": len(ids),
                 "num_per_class": per if not task.get("num_samples") else None}  # fmt: skip
+    negative = str(task.get("negative_prompt", ""))
+    if text:
+        protocol.update(prompts=list(class_names), negative_prompt=negative)
     feature_fn = _feature_fn(runner, specs, class_names)
     save_dir = runner.out_dir / "samples" / _slug(task["name"]) if task.get("save_images") else None
 
     def gen_fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         labs, seeds = [s["label"] for s in samples], [s["seed"] for s in samples]
         with torch.inference_mode():
-            images = list(gen._decode(gen._sample(labs, seeds, steps, cfg, progress=False)))
+            if text:
+                emb, mask = enc.encode_prompts([class_names[i] for i in labs])
+                neg = enc.encode_prompts([negative]) if cfg > 1 else None
+                size = int(enc.transformer.config.sample_size) * int(enc.vae_scale_factor)
+                latents = gen._sample_text(emb, mask, neg, seeds, steps, cfg, size, size, False)
+            else:
+                latents = gen._sample(labs, seeds, steps, cfg, progress=False)
+            images = list(gen._decode(latents))
         if save_dir is not None:
             from PIL import Image
 
