@@ -168,6 +168,30 @@ def _load_scheduler(path: Path):
     return cls.from_pretrained(str(path), subfolder="scheduler")
 
 
+def denoiser_info(
+    family: str, name: str, vae: nn.Module, transformer: nn.Module
+) -> tuple[EncoderInfo, PreprocessConfig, int, int]:
+    """``(info, preprocessing, vae_scale, num_layers)`` of a diffusion-transformer encoder (DiT, PixArt).
+
+    The input size is the transformer's ``sample_size`` times the VAE scale; a patch covers ``patch_size * vae_scale``
+    pixels. Preprocessing is DiT's reference data pipeline (ADM's ``center_crop_arr``): PIL bicubic resize of the
+    short side and a crop at ``floor((H - S) / 2)``, scaled to [-1, 1] (ADM's extra BOX halving of images larger
+    than ``2S`` is not reproduced).
+    """
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    patch = int(transformer.config.patch_size)
+    size = int(transformer.config.sample_size) * vae_scale
+    num_layers = len(transformer.transformer_blocks)
+    width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
+    info = EncoderInfo(family=family, backend="diffusers", name=name, embed_dim=width, width=width,
+                       patch_size=patch * vae_scale, image_size=(size, size), mean=(0.5, 0.5, 0.5),
+                       std=(0.5, 0.5, 0.5), has_text=False, num_layers=num_layers)  # fmt: skip
+    pp = PreprocessConfig(resize="shortest_edge", resize_size=size, interpolation="bicubic", crop_size=(size, size),
+                          crop_rounding="floor", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          resize_backend="pil")  # fmt: skip
+    return info, pp, vae_scale, num_layers
+
+
 class DiTEncoder(Encoder):
     """A diffusers DiT pipeline behind the :class:`Features` contract.
 
@@ -191,36 +215,7 @@ class DiTEncoder(Encoder):
     def __init__(self, vae: nn.Module, transformer: nn.Module, scheduler: Any, *, name: str, options: dict[str, Any]):
         from diffusers import DDPMScheduler
 
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        patch = int(transformer.config.patch_size)
-        size = int(transformer.config.sample_size) * vae_scale
-        num_layers = len(transformer.transformer_blocks)
-        width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
-        info = EncoderInfo(
-            family="dit",
-            backend="diffusers",
-            name=name,
-            embed_dim=width,
-            width=width,
-            patch_size=patch * vae_scale,
-            image_size=(size, size),
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            has_text=False,
-            num_layers=num_layers,
-        )
-        # DiT's reference data pipeline (ADM's center_crop_arr) resizes with PIL BICUBIC and crops at
-        # floor((H - S) / 2); ADM's extra BOX halving of images larger than 2S is not reproduced.
-        pp = PreprocessConfig(
-            resize="shortest_edge",
-            resize_size=size,
-            interpolation="bicubic",
-            crop_size=(size, size),
-            crop_rounding="floor",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            resize_backend="pil",
-        )
+        info, pp, vae_scale, num_layers = denoiser_info("dit", name, vae, transformer)
         super().__init__(info, pp)
         self.vae = vae
         self.transformer = transformer

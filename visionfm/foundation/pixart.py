@@ -32,10 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dit import DiTEncoder, _check_int, _load_scheduler, _read_json, _stop_hook, _StopForward
+from .dit import DiTEncoder, _check_int, _load_scheduler, _read_json, _stop_hook, _StopForward, denoiser_info
 from .encoder import Encoder, tap_blocks, tokens_to_grid
-from .features import EncoderInfo, Features
-from .preprocess import PreprocessConfig
+from .features import Features
 from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
 
 logger = logging.getLogger(__name__)
@@ -132,34 +131,7 @@ class PixArtEncoder(Encoder):
     ) -> None:
         from diffusers import DDPMScheduler
 
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        patch = int(transformer.config.patch_size)
-        size = int(transformer.config.sample_size) * vae_scale
-        num_layers = len(transformer.transformer_blocks)
-        width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
-        info = EncoderInfo(
-            family="pixart",
-            backend="diffusers",
-            name=name,
-            embed_dim=width,
-            width=width,
-            patch_size=patch * vae_scale,
-            image_size=(size, size),
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            has_text=False,
-            num_layers=num_layers,
-        )
-        pp = PreprocessConfig(
-            resize="shortest_edge",
-            resize_size=size,
-            interpolation="bicubic",
-            crop_size=(size, size),
-            crop_rounding="floor",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            resize_backend="pil",
-        )
+        info, pp, vae_scale, num_layers = denoiser_info("pixart", name, vae, transformer)
         super().__init__(info, pp)
         if variant not in MAX_SEQUENCE_LENGTH:
             raise ValueError(f"PixArt variant must be one of {sorted(MAX_SEQUENCE_LENGTH)}, got {variant!r}")
