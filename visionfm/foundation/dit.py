@@ -168,6 +168,36 @@ def _load_scheduler(path: Path):
     return cls.from_pretrained(str(path), subfolder="scheduler")
 
 
+def run_denoiser_blocks(
+    transformer: nn.Module, needed: Sequence[int], *args: Any, **kwargs: Any
+) -> dict[int, torch.Tensor]:
+    """Run ``transformer(*args, **kwargs)`` only up to the deepest block in ``needed``; return those blocks' outputs
+    ``{i: [N, T, C]}`` (the final norm, projection and unpatchify never run)."""
+    blocks = transformer.transformer_blocks
+    with tap_blocks(blocks, needed) as captured:
+        stop = blocks[max(needed)].register_forward_hook(_stop_hook)  # runs after the tap hooks
+        try:
+            transformer(*args, return_dict=False, **kwargs)
+        except _StopForward:
+            pass
+        finally:
+            stop.remove()
+    return captured
+
+
+def ensemble_features(
+    captured: dict[int, torch.Tensor], batch: int, ensemble: int, grid: tuple[int, int], layer: int, taps: Sequence[int]
+) -> Features:
+    """``Features`` from block outputs ``[batch * ensemble, T, C]``: averaged over the ensemble draws, on the grid."""
+
+    def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(tokens.reshape(batch, ensemble, *tokens.shape[1:]).mean(1), grid)
+
+    patches = to_grid(captured[layer])
+    out_layers = {i: (patches if i == layer else to_grid(captured[i])) for i in taps}
+    return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
+
+
 def denoiser_info(
     family: str, name: str, vae: nn.Module, transformer: nn.Module
 ) -> tuple[EncoderInfo, PreprocessConfig, int, int]:
@@ -302,23 +332,8 @@ class DiTEncoder(Encoder):
         noisy = self.noise_scheduler.add_noise(z0, eps, t).to(latents.dtype)
         labels = torch.full((b * e,), self.class_label, dtype=torch.long, device=latents.device)
 
-        blocks = self.transformer.transformer_blocks
-        with tap_blocks(blocks, needed) as captured:
-            stop = blocks[needed[-1]].register_forward_hook(_stop_hook)  # runs after the tap hooks
-            try:
-                self.transformer(noisy, timestep=t, class_labels=labels, return_dict=False)
-            except _StopForward:
-                pass
-            finally:
-                stop.remove()
-
-        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
-            tokens = tokens.reshape(b, e, *tokens.shape[1:]).mean(1)
-            return tokens_to_grid(tokens, grid)
-
-        patches = to_grid(captured[self.layer])
-        out_layers = {i: (patches if i == self.layer else to_grid(captured[i])) for i in taps}
-        return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
+        captured = run_denoiser_blocks(self.transformer, needed, noisy, timestep=t, class_labels=labels)
+        return ensemble_features(captured, b, e, grid, self.layer, taps)
 
 
 def build(req: LoadRequest) -> DiTEncoder:

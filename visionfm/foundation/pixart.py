@@ -32,8 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dit import DiTEncoder, _check_int, _load_scheduler, _read_json, _stop_hook, _StopForward, denoiser_info
-from .encoder import Encoder, tap_blocks, tokens_to_grid
+from .dit import (
+    DiTEncoder,
+    _check_int,
+    _load_scheduler,
+    _read_json,
+    denoiser_info,
+    ensemble_features,
+    run_denoiser_blocks,
+)
+from .encoder import Encoder
 from .features import Features
 from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
 
@@ -245,24 +253,9 @@ class PixArtEncoder(Encoder):
         h_px, w_px = pixel_values.shape[-2:]
         added = self.added_cond_kwargs(b * e, int(h_px), int(w_px), latents.dtype)
 
-        blocks = self.transformer.transformer_blocks
-        with tap_blocks(blocks, needed) as captured:
-            stop = blocks[needed[-1]].register_forward_hook(_stop_hook)  # runs after the tap hooks
-            try:
-                self.transformer(noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
-                                 added_cond_kwargs=added, return_dict=False)  # fmt: skip
-            except _StopForward:
-                pass
-            finally:
-                stop.remove()
-
-        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
-            tokens = tokens.reshape(b, e, *tokens.shape[1:]).mean(1)
-            return tokens_to_grid(tokens, grid)
-
-        patches = to_grid(captured[self.layer])
-        out_layers = {i: (patches if i == self.layer else to_grid(captured[i])) for i in taps}
-        return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
+        captured = run_denoiser_blocks(self.transformer, needed, noisy, encoder_hidden_states=embeds,
+                                       encoder_attention_mask=mask, timestep=t, added_cond_kwargs=added)  # fmt: skip
+        return ensemble_features(captured, b, e, grid, self.layer, taps)
 
 
 def build(req: LoadRequest) -> PixArtEncoder:
