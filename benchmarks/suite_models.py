@@ -64,7 +64,7 @@ def _write_open_clip(arch: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         import open_clip
 
-        from visionfm.foundation.clip import write_tiny_clip
+        from visionfm.testing.clip import write_tiny_clip
 
         write_tiny_clip(path, "open_clip", model_cfg=open_clip.get_model_config(arch))
 

@@ -69,15 +69,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     num_workers=args.num_workers)  # fmt: skip
     report = runner.run()
     if runner.is_main:
+        from .eval.report import _fmt_value, _is_number
+
         rows = []
-        for r in report["results"]:
-            main_metric = next(iter(r["metrics"]), None)
-            value = r["metrics"].get(main_metric) if main_metric else None
-            if not isinstance(value, float):
-                shown = "-"
-            else:  # fractions are shown as percentages; generation metrics (FD, IS, CLIP score) as they are
-                shown = f"{value:.4g}" if r["task"] == "generation" else f"{100 * value:.1f}%"
-            rows.append([r["name"], r["dataset"], str(main_metric), shown, str(r["samples"]), str(r["skipped"])])
+        for r in report["results"]:  # every numeric metric; values in [0, 1] as percentages, as in the report
+            shown = {k: v for k, v in r["metrics"].items() if _is_number(v)} or {"-": None}
+            for metric, value in shown.items():
+                percent = _is_number(value) and isinstance(value, float) and 0.0 <= value <= 1.0
+                cell = _fmt_value(value, percent) + ("%" if percent else "")
+                rows.append([r["name"], r["dataset"], metric, cell, str(r["samples"]), str(r["skipped"])])
         print(_table(rows, ["task", "dataset", "metric", "value", "samples", "skipped"]))
     return 0
 
@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train (or reuse) the toyworld CLIP and classify held-out compositions zero-shot."""
-    from .demo import run_demo
+    from .toyworld.demo import run_demo
 
     results, image = run_demo(args.out, retrain=args.retrain, num=args.num)
     rows = [
@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_toyworld(args: argparse.Namespace) -> int:
     """Export toyworld scenes."""
-    from .data.toyworld import main_export
+    from .toyworld.export import main_export
 
     out = main_export(args.out, args.format, args.split, args.num, args.size, args.seed, args.label)
     print(f"wrote {args.format} to {out}")

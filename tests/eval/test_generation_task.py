@@ -48,7 +48,7 @@ def _fd(x: np.ndarray, y: np.ndarray) -> float:
 
 def test_generation_task_equals_a_direct_computation(dit_dir, clip_dir, tmp_path):
     import visionfm as vfm
-    from visionfm.eval.data import build_dataset
+    from visionfm.data.datasets import build_dataset
 
     res = Runner(_suite(clip_dir), str(dit_dir), tmp_path, batch_size=4, chunk_size=4).run()["results"][0]
     assert res["samples"] == 9 and res["skipped"] == 0 and res["reference_samples"] == 13

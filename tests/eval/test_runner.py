@@ -120,7 +120,7 @@ def test_second_run_reuses_cached_features(clip_dir, suite_file, tmp_path, monke
 
 
 def test_bad_samples_are_skipped_and_counted(clip_dir, tmp_path):
-    from visionfm.data.toyworld import export_imagefolder
+    from visionfm.toyworld.export import export_imagefolder
 
     root = export_imagefolder(tmp_path / "folder", "test", 30, label="colour", progress=False)
     files = sorted(root.rglob("*.png"))
@@ -135,7 +135,7 @@ def test_bad_samples_are_skipped_and_counted(clip_dir, tmp_path):
 
 
 def test_sources_imagefolder_hf_webdataset_coco_agree(clip_dir, tmp_path):
-    from visionfm.data.toyworld import export_coco, export_imagefolder, export_webdataset
+    from visionfm.toyworld.export import export_coco, export_imagefolder, export_webdataset
 
     folder = export_imagefolder(tmp_path / "folder", "test", 20, label="colour", progress=False)
     shards = export_webdataset(tmp_path / "wds", "test", 12, shard_size=5, max_objects=2, progress=False)
@@ -182,7 +182,7 @@ def test_suite_validation_and_shipped_suites(tmp_path):
     with pytest.raises(ValueError, match="known tasks"):
         parse_suite({"datasets": {"a": {"source": "toyworld"}}, "tasks": [{"task": "guess", "dataset": "a"}]})
     with pytest.raises(ValueError, match="source must be one of"):
-        from visionfm.eval.data import build_dataset
+        from visionfm.data.datasets import build_dataset
 
         build_dataset("x", {"source": "ftp"})
     capped = load_suite("toyworld", overrides={"num": 5})
@@ -210,7 +210,8 @@ def test_eval_cli_and_report(clip_dir, suite_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_toyworld_suite_reproduces_the_demo(tmp_path):
     """The shipped toyworld suite on the toy CLIP gives the demo's (docs/toyworld.md) zero-shot numbers."""
-    from visionfm.demo import ensure_toy_clip, evaluate
+    from visionfm.toyworld.demo import evaluate
+    from visionfm.toyworld.models import ensure_toy_clip
     from visionfm.foundation.loading import load_encoder
 
     path = ensure_toy_clip()

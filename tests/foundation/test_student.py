@@ -12,6 +12,7 @@ import visionfm as vfm
 from visionfm.foundation import student as st
 from visionfm.foundation.loading import PickleCheckpointError
 from visionfm.testing import tiny_checkpoint
+from visionfm.testing.student import tiny_config, write_tiny_student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +29,7 @@ def saved(tmp_path_factory):
     """An in-memory random student and the directory it was saved to."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        enc = st.build_student(st.tiny_config()).eval()
+        enc = st.build_student(tiny_config()).eval()
     return enc, st.save_student(enc, tmp_path_factory.mktemp("student") / "s")
 
 
@@ -47,7 +48,7 @@ def text_student(clip_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("student-text") / "s"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        st.write_tiny_student(d, text_from=clip_dir)
+        write_tiny_student(d, text_from=clip_dir)
     return d
 
 
@@ -165,7 +166,7 @@ def test_encode_text_and_zero_shot(text_student, clip_dir, photos):
 
 
 def test_relative_text_from_resolves_against_student_dir(clip_dir, tmp_path):
-    cfg = st.tiny_config(text_from="teacher_clip", clip_dim=32)
+    cfg = tiny_config(text_from="teacher_clip", clip_dim=32)
     d = st.save_student(st.build_student(cfg), tmp_path / "s")
     shutil.copytree(clip_dir, d / "teacher_clip")
     enc = st.load_student(d)
@@ -211,7 +212,7 @@ def test_bad_configs_and_mismatched_weights(saved, tmp_path):
     with pytest.raises(ValueError, match="unknown student config keys"):
         st.StudentConfig.from_dict({"widht": 3})
     with pytest.raises(ValueError, match="backend"):
-        st.write_tiny_student(tmp_path / "x", backend="onnx")
+        write_tiny_student(tmp_path / "x", backend="onnx")
 
     d = tmp_path / "s"
     shutil.copytree(saved[1], d)

@@ -17,11 +17,9 @@ from visionfm.pipelines.detectors import (
     OpenVocabDetector,
     detector_type,
     grounding_dino_prompt,
-    write_tiny_grounding_dino,
-    write_tiny_owlv2,
-    write_tiny_owlvit,
 )
 from visionfm.testing import tiny_checkpoint
+from visionfm.testing.detectors import write_tiny_grounding_dino, write_tiny_owlv2, write_tiny_owlvit
 
 PHRASES = ["a cat", "a remote control", "an astronaut"]
 WRITERS = {"owlv2": write_tiny_owlv2, "owlvit": write_tiny_owlvit, "grounding-dino": write_tiny_grounding_dino}

@@ -216,8 +216,8 @@ def test_errors(clip, tiny_root, photos):
 @pytest.mark.slow
 def test_toyworld_dense_modes_beat_vanilla():
     """Learned behaviour (docs/zero_shot_seg.md): with the toy CLIP, maskclip beats vanilla on colour mIoU."""
-    from visionfm.demo import ensure_toy_clip
-    from visionfm.eval.toyworld_seg import run
+    from visionfm.toyworld.models import ensure_toy_clip
+    from visionfm.toyworld.seg import run
 
     ensure_toy_clip()
     rep = run(modes=("vanilla", "maskclip"), kinds=("colour",), splits=("heldout",), num=60, num_val=20, pamr=True)

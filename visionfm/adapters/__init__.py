@@ -6,6 +6,7 @@
 - Task heads on ``Features``: :mod:`visionfm.adapters.heads`.
 """
 
+from ..foundation.hooks import register_hook
 from .peft_adapters import (
     METHODS,
     TargetLayout,
@@ -19,6 +20,8 @@ from .peft_adapters import (
     trainable_parameters,
 )
 from .prompt_learning import PromptLearner, coop_logits
+
+register_hook("adapter_loader", load_adapter)  # load_encoder(..., adapter=...) calls it
 
 __all__ = [
     "METHODS",

@@ -50,7 +50,7 @@ from torch import nn
 
 from ..foundation.clip import _as_tensor
 from ..foundation.encoder import Encoder
-from ..pipelines.zero_shot import class_logits
+from ..foundation.zero_shot import class_logits
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..training.loop import TrainConfig, Trainer
-from ..training.recipes import register_task
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +118,9 @@ def distill_loss(
     }
 
 
-@register_task("distill")
 def run(recipe: dict[str, Any]) -> Path:
     """Distil the recipe's teachers into a student; returns the student directory (the run's output_dir)."""
-    from ..eval.data import build_dataset
+    from ..data.datasets import build_dataset
     from ..foundation.loading import load_encoder
     from ..foundation.student import AdaptorConfig, StudentConfig, build_student, save_student
     from .cache import TeacherCache, cached_forward
@@ -139,10 +137,6 @@ def run(recipe: dict[str, Any]) -> Path:
     for name, t in teachers_cfg.items():
         kind = t.get("kind", "generic")
         model_name = str(t["model"])
-        if model_name.startswith("tiny:"):  # a tiny random checkpoint (tests, toy second teachers)
-            from ..testing import tiny_checkpoint
-
-            model_name = str(tiny_checkpoint(model_name.removeprefix("tiny:")))
         enc = load_encoder(model_name, device="cpu").eval()
         for p in enc.parameters():
             p.requires_grad_(False)

@@ -46,6 +46,9 @@ from .generation_metrics import (
     frechet_distance_from_stats,
     inception_score,
 )
+from .keys import model_fingerprint
+from .keys import task_key as _task_key
+from .registry import register_task
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,6 @@ def _check_metrics(task: dict[str, Any]) -> list[dict[str, Any]]:
 def _aux_encoder(runner: Any, name: str) -> tuple[Any, str]:
     """A metric encoder loaded once per runner, with its weights' sha256."""
     from ..foundation.loading import load_encoder
-    from .runner import model_fingerprint
 
     cache = runner.__dict__.setdefault("_aux_encoders", {})
     if name not in cache:
@@ -196,10 +198,10 @@ def _stats(rows: torch.Tensor, valid: torch.Tensor, encoder: str, protocol: dict
     return st
 
 
+@register_task("generation", datasets=("reference",), optional=("reference",), description="FD / FID / IS / CLIP score of generated samples")
 def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """The ``generation`` task; see the module docstring. ``runner.encoder`` must be a generator (DiT)."""
     from ..pipelines.generation import PRESETS, TEXT_PRESETS, GenerationPipeline, label_ids
-    from .tasks import _task_key
 
     enc = runner.encoder
     if enc.info.family not in ("dit", "pixart"):

@@ -35,23 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.datasets import EvalDataset, build_dataset, collate
 from ..foundation.encoder import Encoder
-from .data import EvalDataset, build_dataset, collate
+from .keys import model_fingerprint
 from .suite import Suite, load_suite
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "visionfm-eval/1"
-
-
-def model_fingerprint(encoder: Encoder) -> str:
-    """sha256 over the model's state dict (names, shapes, dtypes and bytes), independent of where it was loaded."""
-    h = hashlib.sha256()
-    for name, t in sorted(encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:

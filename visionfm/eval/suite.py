@@ -1,4 +1,5 @@
-"""Evaluation suites: YAML files of datasets × tasks, shipped in ``visionfm/eval_suites/`` or your own.
+"""Evaluation suites: YAML files of datasets × tasks, shipped in ``visionfm/eval_suites/`` (and in the folders other
+packages register, e.g. ``visionfm/toyworld/suites/``) or your own.
 
 ```yaml
 name: my_suite
@@ -22,15 +23,21 @@ from typing import Any
 
 import yaml
 
-TASK_DATASET_KEYS = {
-    "zero_shot_classification": ("dataset",),
-    "linear_probe": ("train", "val", "test"),
-    "knn": ("train", "test"),
-    "retrieval": ("dataset",),
-    "segmentation": ("dataset",),
-    "detection": ("dataset",),
-    "generation": ("reference",),  # optional: a generation task may give reference_stats instead
-}
+from . import generation_task as _generation_task  # noqa: F401  (registers the generation task)
+from . import tasks as _builtin_tasks  # noqa: F401  (registers the built-in tasks)
+from .registry import _SUITE_DIRS, get_task, register_suite_dir, task_names
+
+__all__ = ["Suite", "apply_suite_overrides", "load_suite", "parse_suite", "register_suite_dir", "shipped_suites"]
+
+
+def _suite_files() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for d in [Path(str(resources.files("visionfm.eval_suites"))), *_SUITE_DIRS]:
+        for f in sorted(d.glob("*.yaml")):
+            if f.stem in out:
+                raise ValueError(f"suite {f.stem!r} is shipped twice: {out[f.stem]} and {f}")
+            out[f.stem] = f
+    return out
 
 
 @dataclass
@@ -47,9 +54,8 @@ class Suite:
 
 
 def shipped_suites() -> list[str]:
-    """Names of the suites shipped with the package."""
-    files = resources.files("visionfm.eval_suites")
-    return sorted(f.name[:-5] for f in files.iterdir() if f.name.endswith(".yaml"))
+    """Names of the suites shipped with the package and with registered suite folders."""
+    return sorted(_suite_files())
 
 
 def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Suite:
@@ -71,10 +77,10 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
             raise ValueError(f"suite file {path} does not exist")
         text, root = path.read_text(), path.resolve().parent
     else:
-        names = shipped_suites()
-        if str(suite) not in names:
-            raise ValueError(f"unknown suite {str(suite)!r}: shipped suites are {names}, or pass a YAML path")
-        text = resources.files("visionfm.eval_suites").joinpath(f"{suite}.yaml").read_text()
+        files = _suite_files()
+        if str(suite) not in files:
+            raise ValueError(f"unknown suite {str(suite)!r}: shipped suites are {sorted(files)}, or pass a YAML path")
+        text = files[str(suite)].read_text()
         root, path = Path.cwd(), None
     try:
         raw = yaml.safe_load(text) or {}
@@ -138,18 +144,18 @@ def parse_suite(
     for i, t in enumerate(raw["tasks"]):
         t = dict(t)
         kind = t.get("task")
-        if kind not in TASK_DATASET_KEYS:
-            raise ValueError(f"{label}: tasks[{i}] has task {kind!r}; known tasks: {sorted(TASK_DATASET_KEYS)}")
-        for key in TASK_DATASET_KEYS[kind]:
-            if key == "val" and key not in t:
-                continue  # linear probe without val: a split of train is used
-            if kind == "generation" and key == "reference" and key not in t:
-                continue  # every FD metric has saved reference statistics
+        if kind not in task_names():
+            raise ValueError(f"{label}: tasks[{i}] has task {kind!r}; known tasks: {task_names()}")
+        spec = get_task(kind)
+        for key in spec.datasets:
+            if key in spec.optional and key not in t:
+                continue  # e.g. linear probe without val (a split of train is used), generation with reference_stats
             if t.get(key) not in datasets:
                 raise ValueError(
                     f"{label}: tasks[{i}] ({kind}) needs {key}: one of {sorted(datasets)}, got {t.get(key)!r}"
                 )
-        t.setdefault("name", f"{kind}/{t.get('dataset') or t.get('test') or t.get('reference')}")
+        first = next((t[k] for k in ("dataset", "test", "reference", *spec.datasets) if t.get(k)), None)
+        t.setdefault("name", f"{kind}/{first}" if first else kind)
         if t["name"] in seen:
             raise ValueError(f"{label}: duplicate task name {t['name']!r}; give tasks distinct 'name's")
         seen.add(t["name"])

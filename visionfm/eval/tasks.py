@@ -6,35 +6,21 @@ tasks add ``per_class`` (names, recall) and ``confusion`` (rows = true class); s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any
 
 import numpy as np
 import torch
 
+from .keys import task_key as _task_key
+from .registry import get_task, register_task
+
 logger = logging.getLogger(__name__)
 
 
 def run_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
-    """Dispatch ``task["task"]`` to its implementation."""
-    from .generation_task import generation
-
-    fn = {
-        "generation": generation,
-        "zero_shot_classification": zero_shot_classification,
-        "linear_probe": linear_probe,
-        "knn": knn,
-        "retrieval": retrieval,
-        "segmentation": segmentation,
-        "detection": detection,
-    }[task["task"]]
-    return fn(runner, task)
-
-
-def _task_key(task: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """Dispatch ``task["task"]`` to its registered implementation (:mod:`visionfm.eval.registry`)."""
+    return get_task(task["task"]).fn(runner, task)
 
 
 def _classification_result(
@@ -73,11 +59,12 @@ def _names(runner: Any, task: dict[str, Any], dataset: str) -> list[str]:
     return list(names)
 
 
+@register_task("zero_shot_classification", datasets=("dataset",), description="prompt-ensemble zero-shot accuracy")
 def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{dataset, templates (set name, list or {label: prompts}; default: the dataset's ``templates``, else
     "imagenet80"), classnames}``:
     acc1, acc5, mean per-class recall of the prompt-ensemble classifier."""
-    from ..pipelines.zero_shot import class_logits, text_classifier
+    from ..foundation.zero_shot import class_logits, text_classifier
 
     name = task["dataset"]
     names = _names(runner, task, name)
@@ -93,6 +80,7 @@ def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any
     return res
 
 
+@register_task("linear_probe", datasets=("train", "val", "test"), optional=("val",), description="logistic regression on frozen features")
 def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{train, val (optional: else the last 20% of train), test, weight_decays, epochs}``: logistic regression on
     frozen pooled features (cached), regularisation chosen on val, retrained on train+val, scored on test."""
@@ -124,6 +112,7 @@ def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@register_task("knn", datasets=("train", "test"), description="weighted kNN on frozen features")
 def knn(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{train, test, k (20), temperature (0.07)}``: DINO's weighted kNN on L2-normalised pooled features."""
     from .metrics import knn_classify
@@ -140,6 +129,7 @@ def knn(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+@register_task("retrieval", datasets=("dataset",), description="image-text retrieval R@k")
 def retrieval(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{dataset, captions_per_image (5)}``: image→text and text→image recall@1/5/10 over the dataset's
     captions (the first ``captions_per_image`` of each image)."""
@@ -178,6 +168,7 @@ def retrieval(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@register_task("segmentation", datasets=("dataset",), description="zero-shot segmentation mIoU")
 def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{dataset (targets: int label maps, 0 = background), classnames, mode, templates, short_side, window,
     stride, cos_thresh, prob_thresh, refine}``: zero-shot-seg mIoU / aAcc / mAcc (background + classes)."""
@@ -222,6 +213,7 @@ def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@register_task("detection", datasets=("dataset",), description="grounding COCO box / mask AP")
 def detection(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{dataset (COCO source), phrases (default: the category names), threshold, max_detections (100), and
     grounding options (mode, templates, cos_thresh, refine, ...)}``: COCO box AP of ``pipeline("grounding")``."""
@@ -266,3 +258,4 @@ def detection(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     metrics = coco_detection_ap(images, anns, ds.categories, dets, iou_types=("bbox",))
     return {"task": "detection", "dataset": name, "metrics": metrics, "samples": int(valid.sum()),
             "skipped": int((~valid).sum()), "protocol": dict(gr.protocol, phrases=phrases, threshold=thr)}  # fmt: skip
+

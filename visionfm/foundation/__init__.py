@@ -1,5 +1,6 @@
 """Encoders behind one feature contract: ``Features``, ``Encoder``, the registry and ``load_encoder``."""
 
+from . import families as _families  # noqa: F401  (registers the built-in families and their aliases)
 from .encoder import Encoder
 from .features import EncoderInfo, Features
 from .loading import load_encoder

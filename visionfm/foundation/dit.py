@@ -42,7 +42,7 @@ from .registry import Family, LoadRequest, ModelSpec, register_family, register_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DIT_OPTIONS", "DiTEncoder", "PixelSpace", "detect", "save_pixel_dit", "write_tiny_dit"]
+__all__ = ["DIT_OPTIONS", "DiTEncoder", "PixelSpace", "detect", "save_pixel_dit"]
 
 #: Family options accepted by ``load_encoder`` for DiT, with their defaults.
 #:
@@ -400,51 +400,6 @@ def save_pixel_dit(path: str | Path, transformer: nn.Module, scheduler: Any, id2
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
-
-
-def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:
-    """Write a tiny random DiT pipeline (diffusers ``save_pretrained`` layout, safetensors).
-
-    Transformer: 2 blocks, 2 heads x 8 dims (width 16), patch 2, latent sample size 8, 1000 classes (null
-    class 1000, as ``DiTPipeline`` hard-codes). VAE: ``block_out_channels=(8, 16)`` (scale 2), 4 latent
-    channels. Scheduler: ``DDIMScheduler()``. Model input 16 px, patch grid 4 x 4, 4 px per patch.
-    Loadable with ``DiTPipeline.from_pretrained(path)``. Torch must be seeded by the caller.
-
-    Args:
-        path: directory to write into (created if missing).
-        backend: only ``"diffusers"``.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    if backend != "diffusers":
-        raise ValueError(f"tiny DiT checkpoints exist for backend 'diffusers' only, got {backend!r}")
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=2,
-        sample_size=8,
-        patch_size=2,
-        norm_num_groups=4,
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_zero",
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    id2label = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "tabby, tabby cat", "3": "golden retriever"}
-    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(), id2label=id2label)
-    pipe.register_to_config(id2label=id2label)  # kept in model_index.json, as in the hub's DiT repos
-    pipe.save_pretrained(str(path), safe_serialization=True)
 
 
 register_family(

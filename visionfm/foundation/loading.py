@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .encoder import Encoder
+from .hooks import get_hook
 from .registry import LoadRequest, ModelSpec, close_matches, families, get_family, get_spec
 
 logger = logging.getLogger(__name__)
@@ -370,8 +371,7 @@ def load_encoder(
     enc = family.build(req)
     enc = enc.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
     if adapter is not None:
-        from ..adapters import load_adapter
-
+        load_adapter = get_hook("adapter_loader", needed_for="load_encoder(adapter=...)", provider="visionfm.adapters")
         load_adapter(enc, adapter, allow_pickle=allow_pickle, local_files_only=local_files_only, cache_dir=cache_dir)
     if channels_last:
         enc = enc.to(memory_format=torch.channels_last)

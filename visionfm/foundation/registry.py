@@ -117,7 +117,6 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 def get_family(name: str) -> Family:
     """Return a registered family, or raise ``KeyError`` listing the known ones."""
-    _ensure_builtins()
     try:
         return _FAMILIES[name]
     except KeyError:
@@ -126,13 +125,11 @@ def get_family(name: str) -> Family:
 
 def families() -> dict[str, Family]:
     """All registered families by name (read-only view)."""
-    _ensure_builtins()
     return MappingProxyType(_FAMILIES)  # type: ignore[return-value]
 
 
 def get_spec(name: str) -> ModelSpec | None:
     """The spec registered under ``name`` (case-insensitive), or ``None``."""
-    _ensure_builtins()
     return _SPECS.get(name.lower())
 
 
@@ -142,20 +139,13 @@ def list_models(family: str | None = None) -> list[ModelSpec]:
     Args:
         family: only this family's models.
     """
-    _ensure_builtins()
     specs = [s for s in _SPECS.values() if family is None or s.family == family]
     return sorted(specs, key=lambda s: (s.family, s.name))
 
 
 def close_matches(name: str, n: int = 3) -> list[str]:
     """Registered names and sources closest to ``name`` (for 'did you mean' errors)."""
-    _ensure_builtins()
     pool = {s.name: s.name for s in _SPECS.values()}
     pool.update({s.source.lower(): s.source for s in _SPECS.values()})
     hits = difflib.get_close_matches(name.lower(), list(pool), n=n, cutoff=0.5)
     return [pool[h] for h in hits]
-
-
-def _ensure_builtins() -> None:
-    # Importing the family modules registers them and their aliases exactly once.
-    from . import families as _  # noqa: F401

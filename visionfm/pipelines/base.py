@@ -32,7 +32,6 @@ def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
 
 def pipeline_tasks() -> list[str]:
     """The registered task names."""
-    _ensure_builtins()
     return sorted(_TASKS)
 
 
@@ -58,7 +57,6 @@ def pipeline(
     Returns:
         A pipeline with one ``__call__`` over an image or a batch.
     """
-    _ensure_builtins()
     if task not in _TASKS:
         hint = difflib.get_close_matches(task, list(_TASKS), n=2)
         raise ValueError(
@@ -140,7 +138,3 @@ def _is_batch_like(x: Any) -> bool:
     if isinstance(x, (str, bytes)) or hasattr(x, "read") or hasattr(x, "getpixel"):
         return False
     return isinstance(x, Iterable) and not hasattr(x, "shape")
-
-
-def _ensure_builtins() -> None:
-    from . import feature_extraction, generation, grounding, mask_generation, zero_shot, zero_shot_seg  # noqa: F401

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from ..data.masks import mask_to_rle
 from ..foundation.dense import DENSE_MODES, check_mode, dense_features
 from ..foundation.encoder import Encoder
+from ..foundation.zero_shot import Templates, text_classifier
+from ..foundation.zero_shot import templates_key as _templates_key
 from .base import Pipeline, register_pipeline
-from .zero_shot import Templates, _templates_key, text_classifier
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .loop import TrainConfig, Trainer
-from .recipes import register_task
+from .registry import register_task
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
 
 
 class LabelledImages(Dataset):
-    """``(pixels [3, S, S] float in [-1, 1], class id)`` pairs from an eval data source (see ``visionfm.eval.data``).
+    """``(pixels [3, S, S] float in [-1, 1], class id)`` pairs from a dataset source (see ``visionfm.data.datasets``).
 
     Samples that cannot be read raise, so the training loop skips and counts them. Random horizontal flips
     (``hflip``) are drawn from ``(seed, index, epoch)``.
@@ -95,7 +95,7 @@ def run(recipe: dict[str, Any]) -> Path:
     """Train a class-conditional pixel-space DiT; returns the pipeline directory (``output_dir/pipeline``)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from ..eval.data import build_dataset
+    from ..data.datasets import build_dataset
     from ..foundation.dit import save_pixel_dit
 
     model_cfg = dict(recipe.get("model", {}))

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .loop import TrainConfig, Trainer
-from .recipes import register_task
+from .registry import evaluators, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def run(recipe: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     from ..adapters.heads import ClassificationHead, EncoderWithHead
-    from ..eval.data import build_dataset
-    from ..eval.metrics import ClassificationMetric
+    from ..data.datasets import build_dataset
+    from .metrics import ClassificationMetric
     from ..foundation.loading import load_encoder
 
     tuning = str(recipe.get("tuning", "lora"))
@@ -138,10 +138,9 @@ def run(recipe: dict[str, Any]) -> Path:
                     metric.update(m(x).cpu(), torch.tensor([s["label"] for s in good]))
         result["test"] = dict(metric.compute(), skipped=skipped)
         logger.info("test acc1 %.4f", result["test"]["acc1"])
-    if recipe.get("eval_suite"):  # the adapted encoder through an evaluation suite (zero-shot, kNN, probe, ...)
-        from ..eval.runner import Runner
-
-        result["eval_suite"] = Runner(recipe["eval_suite"], encoder, out / "eval_suite").run()["results"]
+    for key, evaluate in evaluators().items():  # e.g. eval_suite: the adapted encoder through an eval suite
+        if recipe.get(key):
+            result[key] = evaluate(recipe[key], encoder, out / key)
     if trainer.accelerator.is_main_process:
         mdl = trainer.unwrapped_model()
         if tuning == "coop":
@@ -195,8 +194,8 @@ def run_segmentation(recipe: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     from ..adapters.heads import EncoderWithHead, SegmentationHead
-    from ..eval.data import build_dataset
-    from ..eval.metrics import SegmentationMetric
+    from ..data.datasets import build_dataset
+    from .metrics import SegmentationMetric
     from ..foundation.loading import load_encoder
 
     tuning = str(recipe.get("tuning", "lora"))

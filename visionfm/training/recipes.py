@@ -16,22 +16,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import dit_train as _dit_train  # noqa: F401  (registers the dit task)
+from . import finetune as _finetune  # noqa: F401  (registers the classification and segmentation tasks)
+from .registry import _TASKS, register_task
+
+__all__ = ["apply_overrides", "builtin_recipes", "load_recipe", "recipe_hash", "register_recipe_dir", "register_task",
+           "run_recipe"]  # fmt: skip
+
 logger = logging.getLogger(__name__)
 
-_TASKS: dict[str, Callable[[dict[str, Any]], Path]] = {}
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+_RECIPE_DIRS: list[Path] = [RECIPE_DIR]
 
 
-def register_task(name: str) -> Callable[[Callable[[dict[str, Any]], Path]], Callable[[dict[str, Any]], Path]]:
-    """Decorator registering a recipe task; a duplicate name raises."""
+def register_recipe_dir(path: str | os.PathLike) -> None:
+    """Make the ``*.yaml`` recipes in ``path`` loadable by name (``load_recipe("toyworld_clip")``)."""
+    p = Path(path).resolve()
+    if p not in _RECIPE_DIRS:
+        _RECIPE_DIRS.append(p)
 
-    def deco(fn: Callable[[dict[str, Any]], Path]) -> Callable[[dict[str, Any]], Path]:
-        if name in _TASKS:
-            raise ValueError(f"recipe task {name!r} is already registered")
-        _TASKS[name] = fn
-        return fn
 
-    return deco
+def builtin_recipes() -> dict[str, Path]:
+    """Recipe name -> file, over the package's recipes and every registered recipe folder."""
+    return {f.stem: f for d in _RECIPE_DIRS for f in sorted(d.glob("*.yaml"))}
+
+
+def recipe_tasks() -> list[str]:
+    """Names of the registered recipe tasks."""
+    return sorted(_TASKS)
 
 
 def _parse_value(text: str) -> Any:
@@ -72,11 +84,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     import yaml
 
     p = Path(path)
-    if not p.is_file() and (RECIPE_DIR / f"{path}.yaml").is_file():
-        p = RECIPE_DIR / f"{path}.yaml"
+    builtin = builtin_recipes()
+    if not p.is_file() and str(path) in builtin:
+        p = builtin[str(path)]
     if not p.is_file():
-        builtin = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"recipe {str(path)!r} not found; built-in recipes: {builtin}")
+        raise FileNotFoundError(f"recipe {str(path)!r} not found; built-in recipes: {sorted(builtin)}")
     recipe = yaml.safe_load(p.read_text())
     if not isinstance(recipe, dict) or "task" not in recipe:
         raise ValueError(f"{p} is not a recipe: expected a mapping with a 'task' key")
@@ -92,10 +104,12 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def run_recipe(recipe: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> Path:
-    """Run a recipe (dict or YAML path) and return its output checkpoint directory."""
-    from ..distill import train as _distill  # noqa: F401  (registers the distill task)
-    from . import clip_pretrain, dit_train, finetune  # noqa: F401  (register their tasks)
+    """Run a recipe (dict or YAML path) and return its output checkpoint directory.
 
+    Tasks are registered with :func:`register_task`: ``classification``, ``segmentation`` and ``dit`` here,
+    ``distill`` by :mod:`visionfm.distill`, ``clip_pretrain`` by :mod:`visionfm.toyworld` (``import visionfm``
+    imports both).
+    """
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe, overrides)
     elif overrides:

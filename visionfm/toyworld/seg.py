@@ -1,7 +1,8 @@
 """Zero-shot segmentation on toyworld: mIoU of each dense-CLIP mode with the toy CLIP trained from scratch.
 
-``python -m visionfm.eval.toyworld_seg --out runs/toyworld_seg`` (defaults: the ``toyworld-clip`` model, every mode,
-colour and shape labels, 200 test + 200 held-out scenes, threshold tuned on 60 validation scenes). The targets are
+``visionfm eval toyworld-seg --model toyworld-clip --out runs/toyworld_seg`` (the ``toyworld_seg`` eval task; suite
+defaults: every mode, colour and shape labels, 200 test + 200 held-out scenes, threshold tuned on 60 validation
+scenes). The targets are
 toyworld's exact visible-pixel masks: class 0 is background, classes ``1..K`` the object's colour (or shape).
 
 Background: the toy CLIP never read a caption about the background, so background pixels are the ones whose best
@@ -11,19 +12,19 @@ cosine similarity to any label is below ``cos_thresh``; the threshold is chosen 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.toyworld import COLOURS, SHAPES, Scene, ToyWorld
-from .metrics import SegmentationMetric
+from ..foundation.encoder import Encoder
+from ..foundation.loading import load_encoder
+from ..pipelines.base import pipeline
+from ..training.metrics import SegmentationMetric
+from .world import COLOURS, SHAPES, Scene, ToyWorld
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def evaluate(seg: Any, scenes: Sequence[Scene], kind: str, cos_thresh: float) ->
 
 
 def run(
-    model: str = "toyworld-clip",
+    model: str | Encoder = "toyworld-clip",
     *,
     modes: Sequence[str] = ("vanilla", "maskclip", "sclip", "clearclip", "naclip", "proxy"),
     kinds: Sequence[str] = ("colour", "shape"),
@@ -100,27 +101,23 @@ def run(
     """Evaluate every mode (and the best mode with PAMR refinement) on toyworld scenes.
 
     Args:
-        model: a CLIP model the loader accepts (default: the toy CLIP the demo trains).
+        model: a CLIP encoder, or a name the loader accepts (default: the toy CLIP the demo trains).
         modes: dense modes to compare.
         kinds: label sets, ``"colour"`` and/or ``"shape"``.
         splits: toyworld splits to report (``"heldout"`` uses only never-seen colour-shape pairs).
         num: scenes per reported split; ``num_val``: validation scenes for the threshold.
         short_side, window, stride: the sliding-window protocol (window default: the model's input size).
-        proxy: proxy encoder for ``mode="proxy"`` (default: a tiny randomly initialised DINOv2, whose patch
-            affinity is that of random projections of the pixels).
+        proxy: proxy encoder for ``mode="proxy"`` (default: ``toyworld-random-dinov2``, a tiny randomly
+            initialised DINOv2, whose patch affinity is that of random projections of the pixels).
         pamr: also report the best mode with PAMR refinement.
         seed: toyworld seed.
 
     Returns:
         ``{"protocol": ..., "results": [{mode, kind, split, refine, cos_thresh, mIoU, aAcc, IoU, ...}]}``.
     """
-    import visionfm as vfm
-
-    enc = vfm.load_encoder(model, device="cpu")
+    enc = model if isinstance(model, Encoder) else load_encoder(model, device="cpu")
     if "proxy" in modes and proxy is None:
-        from ..testing import tiny_checkpoint
-
-        proxy = str(tiny_checkpoint("dinov2"))
+        proxy = "toyworld-random-dinov2"
     mk = dict(min_objects=1, max_objects=2, seed=seed, image_size=64)
     val = [ToyWorld("val", num_val, **mk)[i] for i in range(num_val)]
     data = {s: [ToyWorld(s, num, **mk)[i] for i in range(num)] for s in splits}
@@ -128,7 +125,7 @@ def run(
     for kind in kinds:
         best: tuple[float, str, float] | None = None
         for mode in modes:
-            seg = vfm.pipeline(
+            seg = pipeline(
                 "zero-shot-seg", model=enc, mode=mode, proxy=proxy if mode == "proxy" else None,
                 templates=list(TEMPLATES[kind]), short_side=short_side, window=window, stride=stride,
             )  # fmt: skip
@@ -143,7 +140,7 @@ def run(
             results[-1]["seconds"] = round(time.perf_counter() - t0, 1)
         if pamr and best is not None:
             _, mode, th = best
-            seg = vfm.pipeline(
+            seg = pipeline(
                 "zero-shot-seg", model=enc, mode=mode, proxy=proxy if mode == "proxy" else None, refine="pamr",
                 templates=list(TEMPLATES[kind]), short_side=short_side, window=window, stride=stride,
             )  # fmt: skip
@@ -151,28 +148,11 @@ def run(
                 r = evaluate(seg, data[split], kind, th)
                 results.append(dict(mode=mode, kind=kind, split=split, refine="pamr", cos_thresh=th, **r))
     protocol = dict(
-        model=model, short_side=short_side, window=window or enc.info.image_size[0], stride=stride,
+        model=model if isinstance(model, str) else enc.info.name, short_side=short_side, window=window or enc.info.image_size[0], stride=stride,
         logit_scale=40.0, templates={k: list(TEMPLATES[k]) for k in kinds}, num=num, num_val=num_val,
         proxy=proxy, seed=seed, thresholds=list(THRESHOLDS),
     )  # fmt: skip
     return {"protocol": protocol, "results": results}
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """A markdown table of mIoU per mode (rows) and kind/split (columns)."""
-    res = report["results"]
-    cols = sorted({(r["kind"], r["split"]) for r in res}, key=lambda c: (c[0], c[1] != "test"))
-    rows = sorted({(r["mode"], r["refine"] or "") for r in res}, key=lambda m: (m[1], _order(m[0])))
-    head = "| mode | " + " | ".join(f"{k} mIoU ({s})" for k, s in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
-    for mode, refine in rows:
-        cells = []
-        for k, s in cols:
-            hit = [r for r in res if (r["mode"], r["refine"] or "", r["kind"], r["split"]) == (mode, refine, k, s)]
-            cells.append(f"{100 * hit[0]['mIoU']:.1f}" if hit else "")
-        name = mode + (f" + {refine}" if refine else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _order(mode: str) -> int:
@@ -180,30 +160,20 @@ def _order(mode: str) -> int:
     return order.index(mode) if mode in order else len(order)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run the evaluation, write JSON and a markdown table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="toyworld-clip")
-    p.add_argument("--num", type=int, default=200)
-    p.add_argument("--num-val", type=int, default=60)
-    p.add_argument("--modes", default="vanilla,maskclip,sclip,clearclip,naclip,proxy")
-    p.add_argument("--kinds", default="colour,shape")
-    p.add_argument("--out", default="runs/toyworld_seg")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    t0 = time.perf_counter()
-    report = run(
-        args.model, modes=args.modes.split(","), kinds=args.kinds.split(","), num=args.num, num_val=args.num_val
-    )
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "toyworld_seg.json").write_text(json.dumps(report, indent=1))
-    table = markdown(report)
-    (out / "toyworld_seg.md").write_text(table + "\n")
-    print(table)  # noqa: T201 - the command's output
-    return 0
+def seg_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """The ``toyworld_seg`` eval task on the runner's CLIP: :func:`run` with the task's options.
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    Task keys (all optional): ``modes``, ``kinds``, ``splits``, ``num``, ``num_val``, ``short_side``, ``window``,
+    ``stride``, ``proxy``, ``pamr``, ``seed``. Metrics are ``"mIoU <kind> <split> <mode>[+pamr]"`` in [0, 1]; the
+    per-class IoU, thresholds and timings are in ``rows``.
+    """
+    keys = ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride", "proxy", "pamr", "seed")
+    opts = {k: task[k] for k in keys if k in task}
+    report = run(runner.encoder, **opts)
+    rows = sorted(report["results"], key=lambda r: (r["kind"], r["split"] != "test", r["refine"] or "", _order(r["mode"])))
+    metrics = {f"mIoU {r['kind']} {r['split']} {r['mode']}{'+' + r['refine'] if r['refine'] else ''}": r["mIoU"]
+               for r in rows}  # fmt: skip
+    samples = sum({(r["kind"], r["split"]): r["images"] for r in rows}.values())
+    protocol = dict(report["protocol"], model=runner.model_name)
+    return {"task": task["task"], "dataset": "toyworld", "metrics": metrics, "samples": samples, "skipped": 0,
+            "protocol": protocol, "rows": rows}  # fmt: skip

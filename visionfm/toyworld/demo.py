@@ -2,7 +2,7 @@
 held-out colour-shape compositions zero-shot and draw the result.
 
 Zero-shot means zero-shot: the held-out (colour, shape) pairs never occur in a training image or caption
-(``visionfm.data.toyworld.HELDOUT_PAIRS``), so naming them needs composition, not memory.
+(``visionfm.toyworld.world.HELDOUT_PAIRS``), so naming them needs composition, not memory.
 """
 
 from __future__ import annotations
@@ -18,38 +18,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = "toyworld_clip"
 TEMPLATES = ("a {}.", "a photo of a {}.", "a picture of a {}.")
-
-
-def cache_root() -> Path:
-    """``$VISIONFM_CACHE`` or ``~/.cache/visionfm``."""
-    return Path(os.environ.get("VISIONFM_CACHE", Path.home() / ".cache" / "visionfm"))
-
-
-def toy_clip_dir(recipe: dict[str, Any] | None = None) -> Path:
-    """Where the toyworld CLIP trained from ``recipe`` (default: the built-in recipe) is cached."""
-    from .training.recipes import load_recipe, recipe_hash
-
-    recipe = recipe or load_recipe(DEFAULT_RECIPE)
-    return cache_root() / f"toyworld-clip-{recipe_hash(recipe)}"
-
-
-def ensure_toy_clip(*, retrain: bool = False, overrides: list[str] | None = None) -> Path:
-    """Return the cached toyworld CLIP checkpoint, training it first if missing (or ``retrain``)."""
-    from .training.recipes import apply_overrides, load_recipe, run_recipe
-
-    recipe = load_recipe(DEFAULT_RECIPE, overrides)
-    out = toy_clip_dir(recipe)
-    if (out / "open_clip_model.safetensors").is_file() and not retrain:
-        logger.info("using cached toyworld CLIP at %s", out)
-        return out
-    if retrain and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    logger.warning("training the toyworld CLIP (one time; cached in %s)", out)
-    return run_recipe(apply_overrides(recipe, [f"train.output_dir={out}"]))
 
 
 @dataclass
@@ -91,8 +60,8 @@ def evaluate(
         ``(results, samples)``; ``samples`` holds held-out images with true and predicted colour+shape
         labels for drawing.
     """
-    from .data.toyworld import ToyWorld, class_names
-    from .pipelines.zero_shot import class_logits, text_classifier
+    from ..foundation.zero_shot import class_logits, text_classifier
+    from .world import ToyWorld, class_names
 
     size = encoder.info.image_size[0]
     names = {k: class_names(k) for k in ("colour_shape", "shape", "colour")}
@@ -169,7 +138,8 @@ def run_demo(
     """
     import json
 
-    from .foundation.loading import load_encoder
+    from ..foundation.loading import load_encoder
+    from .models import ensure_toy_clip
 
     ckpt = ensure_toy_clip(retrain=retrain, overrides=overrides)
     enc = load_encoder(ckpt, device="auto")

@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 
 from ..foundation.clip import OPENAI_MEAN, OPENAI_STD
 from ..foundation.preprocess import PreprocessConfig, preprocess_uint8
-from .loop import TrainConfig, Trainer
-from .recipes import register_task
+from ..training.loop import TrainConfig, Trainer
+from .world import ToyWorld
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ def _open_clip_preprocess_cfg(image_size: int) -> dict[str, Any]:
     }
 
 
-@register_task("clip_pretrain")
 def run(recipe: dict[str, Any]) -> Path:
     """Train a CLIP from scratch; returns the open_clip checkpoint directory (the run's output_dir)."""
     import open_clip
@@ -92,7 +91,6 @@ def run(recipe: dict[str, Any]) -> Path:
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
-    from ..data.toyworld import ToyWorld
 
     model_cfg = dict(recipe["model"])
     data_cfg = dict(recipe.get("data", {}))

@@ -1,4 +1,4 @@
-"""Tests for visionfm.data.toyworld (procedural scenes with captions, masks, boxes and label maps)."""
+"""Tests for visionfm.toyworld.world and .export (procedural scenes with captions, masks, boxes and label maps)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from visionfm.data.toyworld import (
+from visionfm.toyworld.export import export_coco, export_imagefolder, export_webdataset, main_export
+from visionfm.toyworld.world import (
     COLOURS,
     HELDOUT_PAIRS,
     MIN_VISIBLE_FRACTION,
@@ -25,10 +26,6 @@ from visionfm.data.toyworld import (
     _rasterise,
     all_pairs,
     class_names,
-    export_coco,
-    export_imagefolder,
-    export_webdataset,
-    main_export,
     parse_caption,
     rle_to_mask,
     scene_to_coco_rle,

@@ -1,4 +1,5 @@
-"""Evaluation datasets: one sample format over toyworld, imagefolder, HF ``datasets``, webdataset shards and COCO json.
+"""Datasets for training and evaluation: one sample format over imagefolder, HF ``datasets``, webdataset shards,
+COCO json, and any source a higher package registers (``visionfm.toyworld`` registers ``toyworld``).
 
 Every source becomes an :class:`EvalDataset`, a map-style dataset of :class:`Sample` dicts::
 
@@ -25,7 +26,30 @@ import torch
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-SOURCES = ("toyworld", "imagefolder", "hf", "webdataset", "coco")
+#: ``builder(name, spec, root, num) -> EvalDataset`` per source name; see :func:`register_source`.
+_SOURCES: dict[str, Callable[[str, dict[str, Any], Path, int | None], EvalDataset]] = {}
+
+
+def register_source(name: str, builder: Callable[[str, dict[str, Any], Path, int | None], EvalDataset]) -> None:
+    """Register a dataset source usable as ``{source: name, ...}`` in suites and recipes.
+
+    Args:
+        name: the ``source`` value.
+        builder: ``builder(dataset_name, spec, root, num) -> EvalDataset``; ``spec`` is the entry without
+            ``source``, ``num`` and ``classnames``; relative paths resolve against ``root``; ``num`` caps the
+            number of samples (``None``: all).
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    if name in _SOURCES:
+        raise ValueError(f"dataset source {name!r} is already registered")
+    _SOURCES[name] = builder
+
+
+def sources() -> list[str]:
+    """Names of the registered dataset sources."""
+    return sorted(_SOURCES)
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -53,7 +77,7 @@ class EvalDataset(torch.utils.data.Dataset):
         return len(self.loaders)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..data.images import to_uint8_chw
+        from .images import to_uint8_chw
 
         out: dict[str, Any] = {"index": int(index), "id": self.ids[index], "image": None, "label": -1,
                                "captions": [], "target": None, "error": None}  # fmt: skip
@@ -80,7 +104,7 @@ def build_dataset(name: str, spec: dict[str, Any], *, root: str | os.PathLike | 
 
     Args:
         name: the dataset's name in the suite.
-        spec: ``{"source": one of SOURCES, ...}``; see ``docs/eval.md`` for each source's keys. Common keys:
+        spec: ``{"source": one of sources(), ...}``; see ``docs/eval.md`` for each source's keys. Common keys:
             ``classnames`` (list, overrides the source's), ``num`` (first N samples).
         root: directory relative paths are resolved against (the suite file's directory).
 
@@ -89,12 +113,12 @@ def build_dataset(name: str, spec: dict[str, Any], *, root: str | os.PathLike | 
     """
     spec = dict(spec)
     source = spec.pop("source", None)
-    if source not in SOURCES:
-        raise ValueError(f"dataset {name!r}: source must be one of {SOURCES}, got {source!r}")
+    if source not in _SOURCES:
+        hint = " (import visionfm.toyworld to register it)" if source == "toyworld" else ""
+        raise ValueError(f"dataset {name!r}: source must be one of {sources()}, got {source!r}{hint}")
     num = spec.pop("num", None)
     classnames = spec.pop("classnames", None)
-    builder = {"toyworld": _toyworld, "imagefolder": _imagefolder, "hf": _hf, "webdataset": _webdataset,
-               "coco": _coco}[source]  # fmt: skip
+    builder = _SOURCES[source]
     try:
         ds = builder(name, spec, Path(root) if root else Path.cwd(), num)
     except KeyError as e:
@@ -104,50 +128,20 @@ def build_dataset(name: str, spec: dict[str, Any], *, root: str | os.PathLike | 
     return ds
 
 
-def _path(p: str, root: Path) -> Path:
+def resolve_path(p: str, root: Path) -> Path:
+    """``p`` with ``~`` expanded; relative paths are taken relative to ``root``."""
     q = Path(os.path.expanduser(p))
     return q if q.is_absolute() else root / q
 
 
-def _limit(items: list, num: int | None) -> list:
+def limit(items: list, num: int | None) -> list:
+    """The first ``num`` items (all when ``num`` is ``None``)."""
     return items if num is None else items[: int(num)]
-
-
-def _toyworld(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDataset:
-    """``{split, num, label: colour_shape|shape|colour|size|position|none, seed, image_size, min_objects, max_objects,
-    target: none|semantic_colour|semantic_shape}``."""
-    from ..data.toyworld import ToyWorld, class_names
-
-    label = spec.get("label", "colour_shape")
-    n = int(num if num is not None else spec.get("num", 600))
-    kw = dict(image_size=int(spec.get("image_size", 64)), seed=int(spec.get("seed", 0)),
-              min_objects=int(spec.get("min_objects", 1)), max_objects=int(spec.get("max_objects", 1)))  # fmt: skip
-    world = ToyWorld(spec.get("split", "test"), n, **kw)
-    target = spec.get("target", "none")
-    from ..data.toyworld import POSITIONS, SIZES
-
-    attrs = {"size": SIZES, "position": POSITIONS}  # attributes of the (first) object, beyond toyworld's KINDS
-    names = list(attrs[label]) if label in attrs else class_names(label) if label != "none" else []
-
-    def load(i: int) -> tuple:
-        sc = world[i]
-        if label in attrs:
-            lab = list(attrs[label]).index(getattr(sc.objects[0], label))
-        else:
-            lab = sc.label(label) if label != "none" else -1
-        tgt = None
-        if target != "none":
-            from .toyworld_seg import target_map
-
-            tgt = target_map(sc, target.removeprefix("semantic_"))
-        return sc.image, lab, sc.captions, tgt
-
-    return EvalDataset(name, [lambda i=i: load(i) for i in range(n)], [f"{world.split}/{i}" for i in range(n)], names)
 
 
 def _imagefolder(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDataset:
     """``{path}``: ``path/<class>/<image>``, classes sorted by name (torchvision's ImageFolder order)."""
-    base = _path(spec["path"], root)
+    base = resolve_path(spec["path"], root)
     if not base.is_dir():
         raise ValueError(f"dataset {name!r}: imagefolder path {base} is not a directory")
     classes = sorted(d.name for d in base.iterdir() if d.is_dir())
@@ -155,7 +149,7 @@ def _imagefolder(name: str, spec: dict[str, Any], root: Path, num: int | None) -
         raise ValueError(f"dataset {name!r}: {base} has no class subdirectories")
     files = [(f, k) for k, c in enumerate(classes) for f in sorted((base / c).iterdir())
              if f.suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
-    files = _limit(files, num)
+    files = limit(files, num)
     loaders = [lambda f=f, k=k: (f, k, [], None) for f, k in files]
     return EvalDataset(name, loaders, [str(f.relative_to(base)) for f, _ in files], classes)
 
@@ -166,7 +160,7 @@ def _hf(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDat
     import datasets
 
     path = spec["path"]
-    local = _path(path, root)
+    local = resolve_path(path, root)
     if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
         ds = datasets.load_from_disk(str(local))
         if isinstance(ds, datasets.DatasetDict):
@@ -207,7 +201,7 @@ def _webdataset(name: str, spec: dict[str, Any], root: Path, num: int | None) ->
 
     shards = spec["shards"]
     shards = [shards] if isinstance(shards, str) else list(shards)
-    urls = [u if "://" in u else str(_path(u, root)) for s in shards for u in braceexpand.braceexpand(s)]
+    urls = [u if "://" in u else str(resolve_path(u, root)) for s in shards for u in braceexpand.braceexpand(s)]
     img_keys = [spec["image_key"]] if "image_key" in spec else ["png", "jpg", "jpeg", "webp"]
     lab_key, cap_key = spec.get("label_key", "cls"), spec.get("caption_key", "txt")
     records = []
@@ -237,20 +231,26 @@ def _webdataset(name: str, spec: dict[str, Any], root: Path, num: int | None) ->
 def _coco(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDataset:
     """``{annotations: instances.json, images: image dir}``: targets are the image's COCO annotations; class
     names are the categories in id order, ``label`` is -1 (detection data)."""
-    ann_path = _path(spec["annotations"], root)
-    img_dir = _path(spec["images"], root)
+    ann_path = resolve_path(spec["annotations"], root)
+    img_dir = resolve_path(spec["images"], root)
     coco = json.loads(ann_path.read_text())
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     by_image: dict[int, list] = {}
     for a in coco.get("annotations", []):
         by_image.setdefault(a["image_id"], []).append(a)
-    images = _limit(sorted(coco["images"], key=lambda im: im["id"]), num)
+    images = limit(sorted(coco["images"], key=lambda im: im["id"]), num)
     loaders = [lambda im=im: (img_dir / im["file_name"], -1, [], {"image": im, "annotations": by_image.get(im["id"], [])})
                for im in images]  # fmt: skip
     ds = EvalDataset(name, loaders, [im["file_name"] for im in images], [c["name"] for c in cats])
     ds.categories = cats  # type: ignore[attr-defined]
     ds.coco = {"images": images, "annotations": [a for im in images for a in by_image.get(im["id"], [])]}  # type: ignore[attr-defined]
     return ds
+
+
+register_source("imagefolder", _imagefolder)
+register_source("hf", _hf)
+register_source("webdataset", _webdataset)
+register_source("coco", _coco)
 
 
 def label_array(ds: EvalDataset) -> np.ndarray:

@@ -5,12 +5,17 @@
 (``config.json``, ``model.safetensors``, tokenizer and preprocessor files); ``"dit"`` and ``"pixart"`` write
 diffusers pipeline directories. They load through the real ``load_encoder`` path and through the reference
 libraries themselves, which is what the parity tests compare.
+
+The writers live in one module per family under ``visionfm/testing/`` (``clip.py``, ``dinov2.py``, ...), each
+registering its kinds with :func:`visionfm.testing._registry.tiny_writer`; :func:`tiny_checkpoint` and
+:func:`tiny_kinds` import every such module, so a new family's writer is one new file here.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import shutil
 import tempfile
 import uuid
@@ -18,36 +23,7 @@ from pathlib import Path
 
 import torch
 
-_DEFAULT_BACKEND = {
-    "clip": "open_clip",
-    "clip-resnet": "open_clip",
-    "siglip": "transformers",
-    "dinov2": "transformers",
-    "dinov2-registers": "transformers",
-    "sam": "transformers",
-    "dit": "diffusers",
-    "pixart": "diffusers",
-    "owlv2": "transformers",
-    "owlvit": "transformers",
-    "grounding-dino": "transformers",
-    "student": "torch",
-}
-# kind -> (module, writer function)
-_WRITERS = {
-    "clip": ("visionfm.foundation.clip", "write_tiny_clip"),
-    "clip-resnet": ("visionfm.foundation.clip", "write_tiny_clip_resnet"),
-    "siglip": ("visionfm.foundation.clip", "write_tiny_siglip"),
-    "dinov2": ("visionfm.foundation.dinov2", "write_tiny_dinov2"),
-    "dinov2-registers": ("visionfm.foundation.dinov2", "write_tiny_dinov2_registers"),
-    "sam": ("visionfm.foundation.sam", "write_tiny_sam"),
-    "dit": ("visionfm.foundation.dit", "write_tiny_dit"),
-    "pixart": ("visionfm.foundation.pixart", "write_tiny_pixart"),
-    "owlv2": ("visionfm.pipelines.detectors", "write_tiny_owlv2"),
-    "owlvit": ("visionfm.pipelines.detectors", "write_tiny_owlvit"),
-    "grounding-dino": ("visionfm.pipelines.detectors", "write_tiny_grounding_dino"),
-    "student": ("visionfm.foundation.student", "write_tiny_student"),
-}
-
+from ._registry import TinyWriter, registered
 
 #: Recipe overrides that shrink ``recipes/toyworld_clip.yaml`` to a seconds-long run (tests, smoke checks).
 TINY_TOY_CLIP_OVERRIDES: tuple[str, ...] = (
@@ -65,10 +41,23 @@ TINY_TOY_CLIP_OVERRIDES: tuple[str, ...] = (
     "train.progress=false",
 )
 
+_discovered = False
+
+
+def _writers() -> dict[str, TinyWriter]:
+    """Import every public submodule of this package once (they register their writers), then the table."""
+    global _discovered
+    if not _discovered:
+        for mod in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+            if not mod.name.rsplit(".", 1)[-1].startswith("_"):
+                importlib.import_module(mod.name)
+        _discovered = True
+    return registered()
+
 
 def tiny_kinds() -> list[str]:
     """The kinds :func:`tiny_checkpoint` can write."""
-    return sorted(_WRITERS)
+    return sorted(_writers())
 
 
 def tiny_checkpoint(
@@ -77,7 +66,7 @@ def tiny_checkpoint(
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:
-        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"dit"``, ``"pixart"`` (a diffusers ``PixArtAlphaPipeline`` directory), or the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``.
+        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"dit"``, ``"pixart"`` (a diffusers ``PixArtAlphaPipeline`` directory), the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``, or ``"student"``; see :func:`tiny_kinds`.
         backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
             one format each.
         root: parent directory; default: a per-user temp cache, so a test session writes each
@@ -94,9 +83,11 @@ def tiny_checkpoint(
         >>> tuple(feats.pooled.shape), tuple(feats.patches.shape), feats.grid
         ((1, 32), (1, 4, 4, 32), (4, 4))
     """
-    if kind not in _WRITERS:
+    writers = _writers()
+    if kind not in writers:
         raise ValueError(f"unknown tiny checkpoint kind {kind!r}; choose from {tiny_kinds()}")
-    backend = backend or _DEFAULT_BACKEND[kind]
+    writer = writers[kind]
+    backend = backend or writer.default_backend
     root = Path(root) if root is not None else Path(tempfile.gettempdir()) / f"visionfm-tiny-{_version_key()}"
     out = root / f"{kind}-{backend}-seed{seed}"
     if (out / ".complete").exists():
@@ -104,10 +95,9 @@ def tiny_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
-    module, fn = _WRITERS[kind]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        getattr(importlib.import_module(module), fn)(tmp, backend=backend)
+        writer.fn(tmp, backend=backend)
     (tmp / ".complete").write_text("ok\n")
     try:
         tmp.rename(out)
@@ -121,8 +111,16 @@ TINY_FORMAT = 3
 
 
 def _version_key() -> str:
-    import transformers
+    """``<visionfm version>-tf<transformers version>-f<TINY_FORMAT>``, read from package metadata (no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    import visionfm
+    def _version(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "none"
 
-    return f"{visionfm.__version__}-tf{transformers.__version__}-f{TINY_FORMAT}"
+    return f"{_version('visionfm')}-tf{_version('transformers')}-f{TINY_FORMAT}"
+
+
+__all__ = ["TINY_FORMAT", "TINY_TOY_CLIP_OVERRIDES", "tiny_checkpoint", "tiny_kinds"]

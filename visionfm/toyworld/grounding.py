@@ -1,24 +1,26 @@
 """Grounding on toyworld: COCO box AP and mask AP (pycocotools) of the training-free backend with the toy CLIP.
 
-``python -m visionfm.eval.toyworld_grounding --out runs/toyworld_grounding``. Each scene is queried with every
+``visionfm eval toyworld-grounding --model toyworld-clip --out runs/toyworld_grounding`` (the ``toyworld_grounding``
+eval task). Each scene is queried with every
 colour phrase; each visible object is a ground-truth instance of its colour (exact visible-pixel mask, tight box).
-The background cosine threshold is tuned per mode on validation scenes, as in :mod:`visionfm.eval.toyworld_seg`.
+The background cosine threshold is tuned per mode on validation scenes, as in :mod:`visionfm.toyworld.seg`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.toyworld import ToyWorld
-from .toyworld_seg import TEMPLATES, class_names, tune_cos_thresh
+from ..eval.metrics import coco_detection_ap
+from ..foundation.encoder import Encoder
+from ..foundation.loading import load_encoder
+from ..pipelines.base import pipeline
+from .seg import TEMPLATES, class_names, tune_cos_thresh
+from .world import ToyWorld
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ def coco_ap(gt_scenes: Sequence[Any], predictions: Sequence[Any], names: Sequenc
         ``{"box_AP", "box_AP50", "mask_AP", "mask_AP50"}`` in [0, 1].
     """
     from pycocotools import mask as mask_utils
-
-    from .metrics import coco_detection_ap
 
     images, anns, dets = [], [], []
     for i, (sc, pred) in enumerate(zip(gt_scenes, predictions)):
@@ -64,7 +64,7 @@ def coco_ap(gt_scenes: Sequence[Any], predictions: Sequence[Any], names: Sequenc
 
 
 def run(
-    model: str = "toyworld-clip",
+    model: str | Encoder = "toyworld-clip",
     *,
     modes: Sequence[str] = ("vanilla", "maskclip", "naclip", "maskclip+pamr"),
     splits: Sequence[str] = ("test", "heldout"),
@@ -75,9 +75,7 @@ def run(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Box/mask AP per dense mode on toyworld colour phrases (see the module docstring)."""
-    import visionfm as vfm
-
-    enc = vfm.load_encoder(model, device="cpu")
+    enc = model if isinstance(model, Encoder) else load_encoder(model, device="cpu")
     names = class_names("colour")
     mk = dict(min_objects=1, max_objects=2, seed=seed, image_size=64)
     val = [ToyWorld("val", num_val, **mk)[i] for i in range(num_val)]
@@ -86,7 +84,7 @@ def run(
     for name in modes:
         mode, _, refine = name.partition("+")
         opts = dict(mode=mode, templates=list(TEMPLATES["colour"]), short_side=short_side, stride=stride)
-        gr = vfm.pipeline("grounding", model=enc, refine=refine or None, **opts)
+        gr = pipeline("grounding", model=enc, refine=refine or None, **opts)
         th = tune_cos_thresh(gr.seg, val, "colour")
         for split in splits:
             t0 = time.perf_counter()
@@ -94,41 +92,22 @@ def run(
             r = coco_ap(data[split], preds, names)
             results.append(dict(mode=name, split=split, cos_thresh=th, seconds=round(time.perf_counter() - t0, 1), **r))
             logger.info("%s %s: box AP %.3f mask AP %.3f", name, split, r["box_AP"], r["mask_AP"])
-    protocol = dict(model=model, short_side=short_side, stride=stride, templates=list(TEMPLATES["colour"]),
+    protocol = dict(model=model if isinstance(model, str) else enc.info.name, short_side=short_side, stride=stride, templates=list(TEMPLATES["colour"]),
                     phrases=names, num=num, num_val=num_val, seed=seed)  # fmt: skip
     return {"protocol": protocol, "results": results}
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """Markdown table: box/mask AP and AP50 per mode and split (percent)."""
-    lines = ["| mode | split | box AP | box AP50 | mask AP | mask AP50 |", "|---|---|---|---|---|---|"]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['mode']} | {r['split']} | {100 * r['box_AP']:.1f} | {100 * r['box_AP50']:.1f} | "
-            f"{100 * r['mask_AP']:.1f} | {100 * r['mask_AP50']:.1f} |"
-        )
-    return "\n".join(lines)
+def grounding_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """The ``toyworld_grounding`` eval task on the runner's CLIP: :func:`run` with the task's options.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run the evaluation, write JSON and a markdown table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="toyworld-clip")
-    p.add_argument("--num", type=int, default=200)
-    p.add_argument("--num-val", type=int, default=60)
-    p.add_argument("--modes", default="vanilla,maskclip,naclip,maskclip+pamr", help="modes, '+pamr' to refine")
-    p.add_argument("--out", default="runs/toyworld_grounding")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = run(args.model, modes=args.modes.split(","), num=args.num, num_val=args.num_val)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "toyworld_grounding.json").write_text(json.dumps(report, indent=1))
-    table = markdown(report)
-    (out / "toyworld_grounding.md").write_text(table + "\n")
-    print(table)  # noqa: T201 - the command's output
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    Task keys (all optional): ``modes`` (``"maskclip+pamr"`` refines), ``splits``, ``num``, ``num_val``,
+    ``short_side``, ``stride``, ``seed``. Metrics are ``"<box|mask>_AP[50] <split> <mode>"`` in [0, 1].
+    """
+    keys = ("modes", "splits", "num", "num_val", "short_side", "stride", "seed")
+    report = run(runner.encoder, **{k: task[k] for k in keys if k in task})
+    metrics = {f"{m} {r['split']} {r['mode']}": r[m] for r in report["results"]
+               for m in ("box_AP", "box_AP50", "mask_AP", "mask_AP50")}  # fmt: skip
+    samples = report["protocol"]["num"] * len({r["split"] for r in report["results"]})
+    protocol = dict(report["protocol"], model=runner.model_name)
+    return {"task": task["task"], "dataset": "toyworld", "metrics": metrics, "samples": samples, "skipped": 0,
+            "protocol": protocol, "rows": report["results"]}  # fmt: skip

@@ -1,0 +1,128 @@
+"""Tiny random CLIP (open_clip ViT and ModifiedResNet towers, transformers) and SigLIP checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from visionfm.foundation.clip import OPENAI_MEAN, OPENAI_STD, _hf_config_from_open_clip, write_clip_tokenizer_files
+
+from ._registry import tiny_writer
+
+TINY_OPEN_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 48, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@tiny_writer("clip-resnet", default_backend="open_clip")
+def write_tiny_clip_resnet(path: Path, backend: str = "open_clip") -> None:
+    """Tiny random CLIP with open_clip's ModifiedResNet image tower (64px, stride 32), open_clip format."""
+    if backend != "open_clip":
+        raise ValueError("the tiny ResNet CLIP is written in open_clip format only")
+    cfg = {**TINY_OPEN_CLIP_CFG, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}}
+    write_tiny_clip(path, backend, model_cfg=cfg)
+
+
+@tiny_writer("clip", default_backend="open_clip")
+def write_tiny_clip(path: Path, backend: str = "open_clip", *, model_cfg: dict[str, Any] | None = None) -> None:
+    """Tiny random CLIP (48px, patch 8, 2+2 layers) in open_clip or transformers format."""
+    from safetensors.torch import save_file
+
+    model_cfg = model_cfg or TINY_OPEN_CLIP_CFG
+    if backend == "open_clip":
+        from open_clip.model import CLIP
+
+        model = CLIP(**model_cfg)
+        cfg = {
+            "model_cfg": model_cfg,
+            "preprocess_cfg": {
+                "size": int(model_cfg["vision_cfg"]["image_size"]),
+                "mode": "RGB",
+                "mean": list(OPENAI_MEAN),
+                "std": list(OPENAI_STD),
+                "interpolation": "bicubic",
+                "resize_mode": "shortest",
+            },
+        }
+        (path / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    elif backend == "transformers":
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        model = CLIPModel(_hf_config_from_open_clip(TINY_OPEN_CLIP_CFG))
+        model.save_pretrained(path)
+        CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(path)
+        write_clip_tokenizer_files(path)
+    else:
+        raise ValueError(f"tiny CLIP backend must be 'open_clip' or 'transformers', got {backend!r}")
+
+
+_SPM_CORPUS = [
+    "a photo of a cat",
+    "a photo of a dog",
+    "a red circle and a blue star",
+    "a small green triangle at the top left",
+    "an orange square next to a purple heart",
+    "the quick brown fox jumps over the lazy dog",
+    "a black and white photograph of a man with a camera",
+    "a cup of coffee on a table",
+    "an astronaut in a white suit",
+]
+
+
+@tiny_writer("siglip", default_backend="transformers")
+def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
+    """Tiny random SigLIP (transformers format) with a small SentencePiece tokenizer trained here."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+
+    if backend != "transformers":
+        raise ValueError("tiny SigLIP is written in transformers format only")
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SPM_CORPUS * 20),
+        model_writer=buf,
+        vocab_size=60,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    (path / "spiece.model").write_bytes(buf.getvalue())
+    SiglipTokenizer(vocab_file=str(path / "spiece.model"), model_max_length=64).save_pretrained(path)
+    cfg = SiglipConfig(
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=1,
+            bos_token_id=None,
+            eos_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+    )
+    SiglipModel(cfg).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+__all__ = ["TINY_OPEN_CLIP_CFG", "write_tiny_clip", "write_tiny_clip_resnet", "write_tiny_siglip"]
