@@ -17,8 +17,13 @@ def test_models_table(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["name", "family", "backend", "source"]
-    for spec in vfm.list_models():
-        assert any(line.startswith(spec.name + " ") and spec.source in line for line in lines), spec.name
+    specs = vfm.list_models()
+    assert len(specs) > 0
+    rows = lines[2 : 2 + len(specs)]  # header, dashes, one row per model in registry order, then a blank line
+    assert len(rows) == len(specs) and lines[2 + len(specs)] == ""
+    for spec, row in zip(specs, rows, strict=True):
+        assert row.split()[:2] == [spec.name, spec.family] and spec.source in row, spec.name
+    assert f"{len(specs)} models in " in out
 
 
 def test_models_filter_and_bad_family(capsys):
@@ -101,9 +106,18 @@ def test_run_zero_shot_seg_and_grounding_write_maps_overlays_and_json(tmp_path, 
     assert Image.open(out / "chelsea_overlay.png").size == (photos[1].shape[1], photos[1].shape[0])
     args = ["run", "grounding", path, "--model", model, "--labels", "a cat", "a sofa", "--device", "cpu"]
     assert main([*args, "--templates", "single", "--threshold", "0", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.splitlines()[0].split() == ["image", "phrase", "score", "box", "xyxy"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["image", "phrase", "score", "box", "xyxy"]
     rec = json.loads((out / "grounding.json").read_text())[0]
-    assert all(d["label"] in ("a cat", "a sofa") for d in rec["detections"])
+    # the CLI writes what the pipeline finds: threshold 0 keeps every region, so at least one detection
+    grounding = vfm.pipeline("grounding", model=model, device="cpu", templates="single")
+    want = grounding([path], phrases=["a cat", "a sofa"], threshold=0)[0].to_dict()
+    assert len(want) > 0 and len(rec["detections"]) == len(want)
+    assert len(printed) == 2 + len(want) + 2 and printed[2 + len(want)] == ""  # one table row per detection
+    for d, w, row in zip(rec["detections"], want, printed[2 : 2 + len(want)], strict=True):
+        assert d["label"] == w["label"] and d["label"] in ("a cat", "a sofa") and f"  {d['label']}  " in row
+        assert d["score"] == pytest.approx(w["score"], abs=1e-6) and f"{d['score']:.3f}" in row
+        assert d["box"] == pytest.approx(w["box"], abs=1e-4) and d["mask"] == w["mask"]
     assert (out / "chelsea_grounding.png").exists()
 
 

@@ -35,21 +35,58 @@ def test_later_epochs_do_no_teacher_forward_passes(tmp_path, tiny_root):
     assert summary["teacher_rows_computed"] == 2 * 16  # each sample once per teacher, in epoch 1 only
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     computed = [int(x["teacher_rows_computed"]) for x in lines if "teacher_rows_computed" in x]
-    assert computed[-1] == computed[3] == 32  # nothing computed after the first epoch (steps 1-4)
+    # one row per step; nothing computed after the first epoch (steps 1-4)
+    assert len(computed) == 12 and computed[-1] == computed[3] == 32
 
 
-def test_student_is_a_first_class_encoder(tmp_path, tiny_root, photos):
+def test_student_is_a_first_class_encoder(tmp_path, tiny_root, photos, monkeypatch):
+    import copy
+
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    import visionfm.foundation.student as student_mod
+
+    saved = []  # the in-memory student exactly as the recipe hands it to save_student
+    real_save = student_mod.save_student
+
+    def recording_save(encoder, path):
+        saved.append(copy.deepcopy(encoder).eval())
+        return real_save(encoder, path)
+
+    monkeypatch.setattr(student_mod, "save_student", recording_save)
     out = run_recipe(_recipe(tmp_path, tiny_root, steps=4))
-    a, b = vfm.load_encoder(str(out), device="cpu"), vfm.load_encoder(str(out), device="cpu")
-    assert a.info.family == "student"
-    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
-    x = a.preprocess(photos[:2])
+    assert len(saved) == 1, "the distill recipe did not save its student through save_student"
+    trained = saved[0]
+    ref_state = trained.state_dict()
+    loaded = vfm.load_encoder(str(out), device="cpu")
+    assert loaded.info.family == "student" and loaded.teachers == ["clip", "dino"]
+    on_disk = load_file(str(out / "model.safetensors"))
+    assert len(ref_state) > 0 and set(on_disk) == set(ref_state) == set(loaded.state_dict())
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(on_disk[k], ref_state[k].cpu()), f"saved {k} differs from the trained student"
+        assert torch.equal(v, on_disk[k]), f"loaded {k} differs from model.safetensors"
+    x = loaded.preprocess(photos[:2])
     with torch.inference_mode():
-        assert torch.equal(a(x).pooled, b(x).pooled)
+        pooled = loaded(x).pooled
+        want = trained.adaptors["clip"].summary(trained.student(x)[0])  # the CLIP adaptor on the class token
+    assert pooled.shape == want.shape == (2, loaded.info.embed_dim)
+    torch.testing.assert_close(pooled, want, atol=0, rtol=0)
+
+    # zero-shot labels from first principles: the trained student's image embeddings against the CLIP teacher's
+    # text embeddings of the "single" template, softmax over logit_scale * cosine, best first
+    labels = ["a cat", "a dog", "a rocket"]
+    teacher = vfm.load_encoder(str(tiny_checkpoint("clip", "open_clip", root=tiny_root)), device="cpu")
+    with torch.inference_mode():
+        text = F.normalize(teacher.encode_text([f"a photo of a {lab}." for lab in labels]).float(), dim=-1)
+        probs = (teacher.logit_scale * F.normalize(want.float(), dim=-1) @ text.t()).softmax(-1)
     clf = vfm.pipeline("zero-shot-classification", model=str(out), device="cpu", templates="single")
-    res = clf(photos[0], labels=["a cat", "a dog"])
-    assert {d["label"] for d in res} == {"a cat", "a dog"}
+    res = clf(photos[:2], labels=labels)
+    assert len(res) == 2
+    for i, preds in enumerate(res):
+        order = probs[i].argsort(descending=True).tolist()
+        assert [d["label"] for d in preds] == [labels[j] for j in order], f"image {i}"
+        assert [d["score"] for d in preds] == pytest.approx(probs[i, order].tolist(), abs=1e-5), f"image {i}"
 
 
 def test_zero_shot_seg_runs_on_a_student(tmp_path, tiny_root, photos):

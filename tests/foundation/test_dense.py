@@ -495,5 +495,5 @@ def test_errors(encoders, tiny_root):
     dino = vfm.load_encoder(tiny_checkpoint("dinov2", root=tiny_root), device="cpu")
     with pytest.raises(TypeError, match="family 'dinov2'"):
         dense_features(dino, x, "maskclip")
-    with pytest.raises(TypeError, match="CLIP/SigLIP encoder"):
+    with pytest.raises(TypeError, match="needs a visionfm encoder"):
         dense_features(torch.nn.Linear(2, 2), x, "maskclip")

@@ -41,7 +41,9 @@ def test_images_do_not_depend_on_the_batch(dit_dir):
     a = one(labels=[2], num_images_per_label=3, steps=4, seed=5, output_type="np", progress=False)
     b = many(labels=[2], num_images_per_label=3, steps=4, seed=5, output_type="np", progress=False)
     # same noise per image whatever the batch; batched matmuls may round differently (at most one level)
-    assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in zip(a.images, b.images))
+    assert len(a.images) == len(b.images) == 3
+    for i, (x, y) in enumerate(zip(a.images, b.images, strict=True)):
+        assert x.shape == y.shape and np.abs(x.astype(int) - y.astype(int)).max() <= 1, i
     assert not np.array_equal(a.images[0], a.images[1])  # different seeds, different images
 
 

@@ -119,7 +119,9 @@ def test_batch_equals_one_by_one_and_prompts_matter(pixart_dir):
     kw = dict(num_images_per_prompt=2, guidance_scale=4.5, steps=3, seed=5, output_type="np", progress=False)
     a = one(prompts=["a red square", "a blue circle"], **kw)
     b = many(prompts=["a red square", "a blue circle"], **kw)
-    assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in zip(a.images, b.images))
+    assert len(a.images) == len(b.images) == 4  # 2 prompts x 2 images
+    for i, (x, y) in enumerate(zip(a.images, b.images, strict=True)):
+        assert x.shape == y.shape and np.abs(x.astype(int) - y.astype(int)).max() <= 1, i
     assert not np.array_equal(a.images[0], a.images[1])  # different seeds, different images
     c = many(prompts=["a blue circle"], **{**kw, "num_images_per_prompt": 1})  # seed 5, as a.images[0]
     assert np.abs(c.images[0].astype(int) - a.images[0].astype(int)).max() > 1  # the prompt changes the image

@@ -64,16 +64,15 @@ import difflib
 import logging
 import os
 import re
-import types
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..foundation.registry import TargetLayout, families, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -106,117 +105,37 @@ _IGNORED_WARNINGS = (r".*is_gradient_checkpointing.*",)
 # ---------------------------------------------------------------------------------------------------
 # per-family layouts
 # ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TargetLayout:
-    """Where an encoder keeps its weights and which of its modules the target groups name.
-
-    Attributes:
-        description: family and backend in words, for error messages (``"dinov2 (transformers)"``).
-        base_attr: attribute of the encoder holding the ``nn.Module`` with the weights.
-        image_roots: module names (relative to the base module) of the image tower; ``("",)`` is the
-            whole module. Suffix targets only match inside these.
-        attention: regexes (full match on module names) of the attention projections.
-        mlp: regexes of the MLP linears.
-        prepare: called on the base module before adapters are injected or loaded (makes modules whose
-            weights the forward reads directly go through their ``forward``); ``None`` for most.
-    """
-
-    description: str
-    base_attr: str = "model"
-    image_roots: tuple[str, ...] = ("",)
-    attention: tuple[str, ...] = ()
-    mlp: tuple[str, ...] = ()
-    prepare: Callable[[nn.Module], None] | None = None
+def _layout(encoder: Any) -> TargetLayout:
+    info = getattr(encoder, "info", None)
+    if info is None:
+        raise TypeError(f"expected a visionfm Encoder, got {type(encoder).__name__}")
+    resolver = _LAYOUTS.get(info.family)
+    if resolver is None and info.family in families():
+        resolver = get_family(info.family).peft_layout
+    if resolver is not None:
+        return resolver(encoder)
+    return TargetLayout(description=f"{info.family} ({info.backend})")
 
 
 _LAYOUTS: dict[str, Callable[[Any], TargetLayout]] = {}
 
 
 def register_layout(family: str, resolver: Callable[[Any], TargetLayout]) -> None:
-    """Register how adapters find their targets in the encoders of ``family``.
+    """Register (or override) how adapters find their targets in the encoders of ``family`` from outside it.
+
+    Built-in families declare theirs in their own module (``Family.peft_layout``); this is for a family whose
+    module cannot be changed.
 
     Args:
         family: family name, as in ``encoder.info.family``.
         resolver: ``encoder -> TargetLayout`` (it may look at the backend or the architecture).
 
     Raises:
-        ValueError: ``family`` already has a layout.
+        ValueError: ``family`` already has a layout registered here.
     """
     if family in _LAYOUTS:
         raise ValueError(f"an adapter target layout for family {family!r} is already registered")
     _LAYOUTS[family] = resolver
-
-
-_B = r"\d+"  # a block index
-
-
-def _clip_layout(encoder: Any) -> TargetLayout:
-    if encoder.info.backend == "open_clip":
-        if getattr(encoder, "is_resnet", False):
-            return TargetLayout(
-                description="clip (open_clip, ModifiedResNet image tower)",
-                image_roots=("visual",),
-                attention=(r"visual\.attnpool\.(q_proj|k_proj|v_proj|c_proj)",),
-                prepare=_prepare_open_clip_resnet,
-            )
-        return TargetLayout(
-            description="clip (open_clip, ViT image tower)",
-            image_roots=("visual",),
-            attention=(rf"visual\.transformer\.resblocks\.{_B}\.attn",),
-            mlp=(rf"visual\.transformer\.resblocks\.{_B}\.mlp\.(c_fc|c_proj)",),
-        )
-    kind = getattr(getattr(encoder.model, "config", None), "model_type", "clip")
-    return TargetLayout(
-        description=f"clip ({kind}, transformers)",
-        image_roots=("vision_model", "visual_projection"),
-        attention=(rf"vision_model\.encoder\.layers\.{_B}\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",),
-        mlp=(rf"vision_model\.encoder\.layers\.{_B}\.mlp\.(fc1|fc2)",),
-    )
-
-
-def _dinov2_layout(encoder: Any) -> TargetLayout:
-    return TargetLayout(
-        description="dinov2 (transformers)",
-        attention=(
-            rf"encoder\.layer\.{_B}\.attention\.(q_proj|k_proj|v_proj|o_proj)",  # transformers >= 5
-            rf"encoder\.layer\.{_B}\.attention\.(attention\.(query|key|value)|output\.dense)",  # transformers 4
-        ),
-        mlp=(rf"encoder\.layer\.{_B}\.mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|weights_in|weights_out)",),
-    )
-
-
-def _sam_layout(encoder: Any) -> TargetLayout:
-    return TargetLayout(
-        description="sam (transformers)",
-        image_roots=("vision_encoder",),
-        attention=(rf"vision_encoder\.layers\.{_B}\.attn\.(qkv|proj)",),
-        mlp=(rf"vision_encoder\.layers\.{_B}\.mlp\.(lin1|lin2)",),
-    )
-
-
-def _dit_layout(encoder: Any) -> TargetLayout:
-    return TargetLayout(
-        description="dit (diffusers transformer)",
-        base_attr="transformer",
-        attention=(rf"transformer_blocks\.{_B}\.attn1\.(to_q|to_k|to_v|to_out\.0)",),
-        mlp=(rf"transformer_blocks\.{_B}\.ff\.net\.(0\.proj|2)",),
-    )
-
-
-register_layout("clip", _clip_layout)
-register_layout("dinov2", _dinov2_layout)
-register_layout("sam", _sam_layout)
-register_layout("dit", _dit_layout)
-
-
-def _layout(encoder: Any) -> TargetLayout:
-    info = getattr(encoder, "info", None)
-    if info is None:
-        raise TypeError(f"expected a visionfm Encoder, got {type(encoder).__name__}")
-    resolver = _LAYOUTS.get(info.family)
-    if resolver is not None:
-        return resolver(encoder)
-    return TargetLayout(description=f"{info.family} ({info.backend})")
 
 
 def base_module(encoder: Any) -> nn.Module:
@@ -737,30 +656,3 @@ def _pin_mha_weights(base: nn.Module) -> list[Any]:
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post, always_call=True))
     return handles
-
-
-def _attention_pool_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """open_clip ``AttentionPool2d.forward`` through the ``q/k/v/c_proj`` modules (so adapters apply).
-
-    Args:
-        x: ``[N, C, H, W]`` last-stage feature map.
-
-    Returns:
-        ``[N, output_dim]``: attention pool of the mean token over the ``HW + 1`` tokens, as the original.
-    """
-    n, c = x.shape[:2]
-    x = x.reshape(n, c, -1).permute(2, 0, 1)  # [HW, N, C]
-    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # [HW + 1, N, C]
-    x = x + self.positional_embedding[:, None, :].to(x.dtype)
-    h = self.num_heads
-    q = self.q_proj(x[:1]).reshape(1, n, h, c // h).permute(1, 2, 0, 3)  # [N, h, 1, d]
-    k = self.k_proj(x).reshape(-1, n, h, c // h).permute(1, 2, 0, 3)  # [N, h, L, d]
-    v = self.v_proj(x).reshape(-1, n, h, c // h).permute(1, 2, 0, 3)
-    out = F.scaled_dot_product_attention(q, k, v)  # [N, h, 1, d]
-    return self.c_proj(out.permute(0, 2, 1, 3).reshape(n, c))
-
-
-def _prepare_open_clip_resnet(base: nn.Module) -> None:
-    pool = base.visual.attnpool
-    if pool.__dict__.get("forward") is None:
-        pool.forward = types.MethodType(_attention_pool_forward, pool)

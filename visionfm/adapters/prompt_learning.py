@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..foundation.clip import _as_tensor
+from ..foundation.clip.encoders import _as_tensor
 from ..foundation.encoder import Encoder
 from ..foundation.zero_shot import class_logits
 

@@ -7,7 +7,8 @@ kept), then send every patch token through the head that maps the pooled token i
 All earlier blocks run unchanged. :func:`dense_features` does this for every CLIP backend here with
 the method as a parameter, ``mode``.
 
-Every backend is reduced to the same parts (a private ``_Tower``): the tokens entering the last
+Every backend is reduced to the same parts (a :class:`DenseTower`, which the family builds: its
+``Family.dense_tower``; CLIP's is in :mod:`visionfm.foundation.clip.dense`): the tokens entering the last
 attention, its pre-norm, its q/k/v/out projections and head count, the rest of the block (residual +
 FFN) and the head (final norm + projection). The modes are then one piece of code.
 
@@ -43,16 +44,15 @@ References (read for the formulas; no code was copied):
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .clip import HFClipEncoder, OpenClipEncoder
+from .encoder import Encoder
+from .registry import families, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def check_mode(mode: str) -> str:
 
 
 @dataclass
-class _Tower:
+class DenseTower:
     """One vision tower reduced to what the last-block surgery needs.
 
     Attributes:
@@ -141,7 +141,8 @@ def resize_pos_embed(pos: torch.Tensor, prefix: int, src: tuple[int, int], dst: 
     return torch.cat([pos[:prefix], grid])
 
 
-def _grid_of(pixel_values: torch.Tensor, patch: int) -> tuple[int, int]:
+def patch_grid(pixel_values: torch.Tensor, patch: int) -> tuple[int, int]:
+    """``(h, w)`` patch grid of ``pixel_values [B, 3, H, W]``; ``ValueError`` unless H and W are multiples of ``patch``."""
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
         raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
     h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
@@ -150,132 +151,18 @@ def _grid_of(pixel_values: torch.Tensor, patch: int) -> tuple[int, int]:
     return h // patch, w // patch
 
 
-# ---------------------------------------------------------------------------------------------------
-# backends
-# ---------------------------------------------------------------------------------------------------
-def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> _Tower:
-    from open_clip.transformer import ResidualAttentionBlock
-
-    v = encoder.model.visual
-    if getattr(v, "attn_pool", None) is not None:
-        raise NotImplementedError("dense_features does not support open_clip towers with an attentional pooler")
-    last = v.transformer.resblocks[-1]
-    if not isinstance(last, ResidualAttentionBlock) or last.attn.in_proj_weight is None:
-        raise NotImplementedError(
-            f"dense_features supports open_clip's default ResidualAttentionBlock, not {type(last).__name__}"
-        )
-    grid = _grid_of(pixel_values, int(v.patch_size[0]))
-    # Same steps as VisionTransformer._embeds, with the position table resized to the input grid.
-    x = v.conv1(pixel_values.to(v.conv1.weight.dtype))
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
-    x = torch.cat([cls, x], dim=1)
-    x = x + resize_pos_embed(v.positional_embedding, 1, tuple(v.grid_size), grid).to(x.dtype)
-    x = v.ln_pre(v.patch_dropout(x))
-    batch_first = getattr(v.transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for blk in v.transformer.resblocks[:-1]:
-        x = blk(x)
-    if not batch_first:
-        x = x.transpose(0, 1)
-
-    attn = last.attn
-    bias = attn.in_proj_bias
-    wq, wk, wv = attn.in_proj_weight.chunk(3)
-    bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
-
-    def tail(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        x = x + last.ls_1(a)
-        return x + last.ls_2(last.mlp(last.ln_2(x)))
-
-    def head(t: torch.Tensor) -> torch.Tensor:
-        t = v.ln_post(t)
-        return t @ v.proj if v.proj is not None else t
-
-    return _Tower(x, 1, grid, last.ln_1, (wq, bq, wk, bk, wv, bv), attn.out_proj, int(attn.num_heads), tail, head)
-
-
-def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> _Tower:
-    v = encoder.model.visual
-    pool = v.attnpool
-    grid = _grid_of(pixel_values, 32)
-    x = v.stem(pixel_values.to(v.conv1.weight.dtype))
-    x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
-    if tuple(x.shape[-2:]) != grid:
-        raise ValueError(f"ResNet feature map {tuple(x.shape[-2:])} does not match the expected grid {grid}")
-    # Same steps as AttentionPool2d.forward (batch first): mean token in front, then position table.
-    x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-    side = math.isqrt(pool.positional_embedding.shape[0] - 1)
-    x = x + resize_pos_embed(pool.positional_embedding, 1, (side, side), grid).to(x.dtype)
-    qkv = (pool.q_proj.weight, pool.q_proj.bias, pool.k_proj.weight, pool.k_proj.bias)
-    qkv += (pool.v_proj.weight, pool.v_proj.bias)
-    return _Tower(x, 1, grid, _identity, qkv, pool.c_proj, int(pool.num_heads), None, _identity)
-
-
-def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One transformers encoder layer, across the 4.x (tuple out, causal mask arg) and 5.x signatures."""
-    kwargs = {}
-    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:
-        kwargs["causal_attention_mask"] = None
-    out = layer(x, None, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor) -> _Tower:
-    vm = encoder.model.vision_model
-    siglip = encoder.kind == "siglip"
-    if siglip and not getattr(vm, "use_head", False):
-        raise NotImplementedError("dense_features needs SigLIP's attention-pooling head (vision_use_head=True)")
-    grid = _grid_of(pixel_values, encoder.info.patch_size)
-    # transformers' own position interpolation (bicubic); at the native size it is the plain table.
-    x = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
-    if not siglip:
-        x = vm.pre_layrnorm(x)
-    for layer in vm.encoder.layers[:-1]:
-        x = _run_hf_layer(layer, x)
-    last = vm.encoder.layers[-1]
-    sa = last.self_attn
-    qkv = (sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight, sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias)
-
-    def tail(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        x = x + a
-        return x + last.mlp(last.layer_norm2(x))
-
-    if siglip:
-        map_head = vm.head
-        width = map_head.attention.embed_dim
-        w_v = map_head.attention.in_proj_weight[2 * width :]
-        b_v = map_head.attention.in_proj_bias[2 * width :] if map_head.attention.in_proj_bias is not None else None
-
-        def head(t: torch.Tensor) -> torch.Tensor:
-            a = map_head.attention.out_proj(F.linear(vm.post_layernorm(t), w_v, b_v))
-            return a + map_head.mlp(map_head.layernorm(a))
-
-        prefix = 0
-    else:
-
-        def head(t: torch.Tensor) -> torch.Tensor:
-            return encoder.model.visual_projection(vm.post_layernorm(t))
-
-        prefix = 1
-    return _Tower(x, prefix, grid, last.layer_norm1, qkv, sa.out_proj, int(sa.num_heads), tail, head)
-
-
-def _tower(encoder: object, pixel_values: torch.Tensor) -> _Tower:
-    if isinstance(encoder, OpenClipEncoder):
-        if encoder.is_resnet:
-            return _open_clip_resnet_tower(encoder, pixel_values)
-        return _open_clip_vit_tower(encoder, pixel_values)
-    if isinstance(encoder, HFClipEncoder):
-        return _hf_tower(encoder, pixel_values)
+def _tower(encoder: object, pixel_values: torch.Tensor) -> DenseTower:
     info = getattr(encoder, "info", None)
-    family = f"family {info.family!r}" if info is not None else "not a visionfm encoder"
-    raise TypeError(
-        "dense_features needs a CLIP/SigLIP encoder (OpenClipEncoder or HFClipEncoder), "
-        f"got {type(encoder).__name__} ({family})"
-    )
+    if info is None:
+        raise TypeError(f"dense_features needs a visionfm encoder, got {type(encoder).__name__}")
+    fn = get_family(info.family).dense_tower if info.family in families() else None
+    if fn is None:
+        have = sorted(n for n, f in families().items() if f.dense_tower is not None)
+        raise TypeError(
+            f"dense_features needs an encoder of a family with dense modes ({', '.join(have)}: CLIP and SigLIP), "
+            f"got {type(encoder).__name__} (family {info.family!r})"
+        )
+    return fn(encoder, pixel_values)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,7 +229,7 @@ def _softmax(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _surgery(
-    t: _Tower,
+    t: DenseTower,
     mode: str,
     *,
     proxy_features: torch.Tensor | None,
@@ -433,7 +320,7 @@ def _dense_tokens(
 
 
 def dense_features(
-    encoder: OpenClipEncoder | HFClipEncoder,
+    encoder: Encoder,
     pixel_values: torch.Tensor,
     mode: str = "maskclip",
     *,

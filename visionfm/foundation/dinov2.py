@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
 from .loading import hf_model_type
 from .preprocess import PreprocessConfig
-from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,21 @@ def build(req: LoadRequest) -> Dinov2Encoder:
 
 
 # -- registration ------------------------------------------------------------------------------------
+_B = r"\d+"  # a block index
+
+
+def peft_layout(encoder: Any) -> TargetLayout:
+    """Where PEFT adapters go in dinov2 encoders (the family's ``peft_layout``)."""
+    return TargetLayout(
+        description="dinov2 (transformers)",
+        attention=(
+            rf"encoder\.layer\.{_B}\.attention\.(q_proj|k_proj|v_proj|o_proj)",  # transformers >= 5
+            rf"encoder\.layer\.{_B}\.attention\.(attention\.(query|key|value)|output\.dense)",  # transformers 4
+        ),
+        mlp=(rf"encoder\.layer\.{_B}\.mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|weights_in|weights_out)",),
+    )
+
+
 register_family(
     Family(
         name="dinov2",
@@ -153,6 +169,8 @@ register_family(
         build=build,
         options={},
         description="DINOv2 self-supervised ViTs (optionally with registers): CLS, patch and register tokens",
+        formats="transformers (config.json with model_type dinov2 / dinov2_with_registers)",
+        peft_layout=peft_layout,
     )
 )
 

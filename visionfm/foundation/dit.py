@@ -38,7 +38,7 @@ from torch import nn
 from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
 from .preprocess import PreprocessConfig
-from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +402,19 @@ def save_pixel_dit(path: str | Path, transformer: nn.Module, scheduler: Any, id2
     return path
 
 
+_B = r"\d+"  # a block index
+
+
+def peft_layout(encoder: Any) -> TargetLayout:
+    """Where PEFT adapters go in dit encoders (the family's ``peft_layout``)."""
+    return TargetLayout(
+        description="dit (diffusers transformer)",
+        base_attr="transformer",
+        attention=(rf"transformer_blocks\.{_B}\.attn1\.(to_q|to_k|to_v|to_out\.0)",),
+        mlp=(rf"transformer_blocks\.{_B}\.ff\.net\.(0\.proj|2)",),
+    )
+
+
 register_family(
     Family(
         name="dit",
@@ -410,6 +423,8 @@ register_family(
         build=build,
         options=DIT_OPTIONS,
         description="DiT denoiser features of a noised VAE latent (DIFT-style), via diffusers",
+        formats="diffusers DiT pipeline (model_index.json with a DiTTransformer2DModel transformer)",
+        peft_layout=peft_layout,
     )
 )
 register_model(

@@ -340,11 +340,8 @@ def load_encoder(
     detected = detect_family(path)
     if detected is None:
         files = sorted(p.name for p in path.iterdir())[:12]
-        raise ValueError(
-            f"{name!r} ({path}) is not in a format visionfm recognises (found {files}); expected a transformers "
-            "directory (config.json with model_type clip/siglip/dinov2/sam), an open_clip directory "
-            "(open_clip_config.json) or a diffusers DiT directory (model_index.json)"
-        )
+        expected = "; ".join(f"{f.name}: {f.formats}" for f in families().values() if f.formats)
+        raise ValueError(f"{name!r} ({path}) is not in a format visionfm recognises (found {files}); expected {expected}")
     fam_detected, backend_detected = detected
     if fam_name and fam_name != fam_detected:
         raise ValueError(

@@ -290,6 +290,7 @@ register_family(
         build=build,
         options=PIXART_OPTIONS,
         description="PixArt-α/Σ text-to-image DiT: denoiser features and generation, via diffusers",
+        formats="diffusers PixArt pipeline (model_index.json with PixArtAlphaPipeline / PixArtSigmaPipeline)",
     )
 )
 register_model(

@@ -15,6 +15,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .dense import DenseTower
     from .encoder import Encoder
 
 
@@ -40,6 +44,31 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
+class TargetLayout:
+    """Where an encoder keeps its weights and which of its modules the PEFT target groups name.
+
+    A family declares it (``Family.peft_layout``); :mod:`visionfm.adapters` reads it.
+
+    Attributes:
+        description: family and backend in words, for error messages (``"dinov2 (transformers)"``).
+        base_attr: attribute of the encoder holding the ``nn.Module`` with the weights.
+        image_roots: module names (relative to the base module) of the image tower; ``("",)`` is the
+            whole module. Suffix targets only match inside these.
+        attention: regexes (full match on module names) of the attention projections.
+        mlp: regexes of the MLP linears.
+        prepare: called on the base module before adapters are injected or loaded (makes modules whose
+            weights the forward reads directly go through their ``forward``); ``None`` for most.
+    """
+
+    description: str
+    base_attr: str = "model"
+    image_roots: tuple[str, ...] = ("",)
+    attention: tuple[str, ...] = ()
+    mlp: tuple[str, ...] = ()
+    prepare: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """A model family: how to detect its on-disk formats and build an :class:`Encoder`.
 
@@ -50,14 +79,24 @@ class Family:
         build: ``build(LoadRequest) -> Encoder``.
         options: the family-specific overrides ``load_encoder`` accepts, with their defaults.
         description: one line for ``visionfm models``.
+        formats: the on-disk formats it recognises, in words (for the "not a format visionfm recognises" error).
+        kind: ``"encoder"`` (``build`` returns an :class:`Encoder`; ``load_encoder`` loads it) or ``"detector"``
+            (an open-vocabulary detector; ``load_detector`` loads it).
+        peft_layout: ``encoder -> TargetLayout``: where PEFT adapters go (``None``: only explicit targets).
+        dense_tower: ``(encoder, pixel_values) -> DenseTower``: the last-block parts training-free dense
+            features need (``None``: the family has no dense CLIP modes).
     """
 
     name: str
     backends: tuple[str, ...]
     detect: Callable[[Path], str | None]
-    build: Callable[[LoadRequest], Encoder]
+    build: Callable[[LoadRequest], Any]
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    formats: str = ""
+    kind: str = "encoder"
+    peft_layout: Callable[[Encoder], TargetLayout] | None = None
+    dense_tower: Callable[[Encoder, torch.Tensor], DenseTower] | None = None
 
 
 @dataclass(frozen=True)

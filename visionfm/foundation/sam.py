@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from .encoder import Encoder, tap_blocks
 from .features import EncoderInfo, Features
 from .loading import hf_model_type
 from .preprocess import PreprocessConfig
-from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
+from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,19 @@ def build(req: LoadRequest) -> SamEncoder:
 
 
 # -- registration ------------------------------------------------------------------------------------
+_B = r"\d+"  # a block index
+
+
+def peft_layout(encoder: Any) -> TargetLayout:
+    """Where PEFT adapters go in sam encoders (the family's ``peft_layout``)."""
+    return TargetLayout(
+        description="sam (transformers)",
+        image_roots=("vision_encoder",),
+        attention=(rf"vision_encoder\.layers\.{_B}\.attn\.(qkv|proj)",),
+        mlp=(rf"vision_encoder\.layers\.{_B}\.mlp\.(lin1|lin2)",),
+    )
+
+
 register_family(
     Family(
         name="sam",
@@ -150,6 +164,8 @@ register_family(
         build=build,
         options={},
         description="Segment Anything image encoders: dense neck embeddings on the patch grid",
+        formats="transformers (config.json with model_type sam)",
+        peft_layout=peft_layout,
     )
 )
 

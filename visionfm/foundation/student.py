@@ -668,6 +668,7 @@ def register() -> Family:
                 build=build,
                 options={},
                 description="distilled multi-teacher ViT students (AM-RADIO / Theia style) with per-teacher adaptors",
+                formats="visionfm student (student_config.json + model.safetensors)",
             )
         )
     return _FAMILY

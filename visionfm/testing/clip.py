@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visionfm.foundation.clip import OPENAI_MEAN, OPENAI_STD, _hf_config_from_open_clip, write_clip_tokenizer_files
+from visionfm.foundation.clip import OPENAI_MEAN, OPENAI_STD, write_clip_tokenizer_files
+from visionfm.foundation.clip.convert import _hf_config_from_open_clip
 
 from ._registry import tiny_writer
 

@@ -1,0 +1,71 @@
+"""The CLIP family (CLIP and SigLIP, open_clip and transformers backends), in one package:
+
+- :mod:`~visionfm.foundation.clip.encoders`: the encoders, on-disk detection and building;
+- :mod:`~visionfm.foundation.clip.convert`: open_clip <-> transformers checkpoint conversion (``visionfm convert``);
+- :mod:`~visionfm.foundation.clip.dense`: the last-block parts training-free dense features need;
+- :mod:`~visionfm.foundation.clip.peft`: where PEFT adapters go;
+- this file: the family and its registry aliases.
+"""
+
+from __future__ import annotations
+
+from ..registry import Family, ModelSpec, register_family, register_model
+from .convert import (
+    convert_checkpoint,
+    hf_state_to_open_clip,
+    open_clip_state_to_hf,
+    write_clip_tokenizer_files,
+)
+from .dense import dense_tower
+from .encoders import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    HFClipEncoder,
+    OpenClipEncoder,
+    _build,
+    _detect,
+)
+from .peft import peft_layout
+
+__all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "HFClipEncoder",
+    "OpenClipEncoder",
+    "convert_checkpoint",
+    "hf_state_to_open_clip",
+    "open_clip_state_to_hf",
+    "write_clip_tokenizer_files",
+]
+
+register_family(
+    Family(
+        name="clip",
+        backends=("open_clip", "transformers"),
+        detect=_detect,
+        build=_build,
+        description="CLIP and SigLIP image-text encoders (open_clip or transformers weights)",
+        formats="open_clip (open_clip_config.json + open_clip_model.safetensors) or transformers (config.json with "
+        "model_type clip/siglip)",
+        peft_layout=peft_layout,
+        dense_tower=dense_tower,
+    )
+)
+for _name, _src, _desc in [
+    ("clip-vit-b-32", "openai/clip-vit-base-patch32", "OpenAI CLIP ViT-B/32, 224px"),
+    ("clip-vit-b-16", "openai/clip-vit-base-patch16", "OpenAI CLIP ViT-B/16, 224px"),
+    ("clip-vit-l-14", "openai/clip-vit-large-patch14", "OpenAI CLIP ViT-L/14, 224px"),
+    ("clip-vit-l-14-336", "openai/clip-vit-large-patch14-336", "OpenAI CLIP ViT-L/14, 336px"),
+    ("openclip-vit-b-16-openai", "ViT-B-16/openai", "OpenAI CLIP ViT-B/16 via open_clip (QuickGELU)"),
+    ("openclip-vit-b-16-laion2b", "ViT-B-16/laion2b_s34b_b88k", "open_clip ViT-B/16 trained on LAION-2B"),
+    ("openclip-vit-l-14-laion2b", "ViT-L-14/laion2b_s32b_b82k", "open_clip ViT-L/14 trained on LAION-2B"),
+    ("openclip-vit-h-14-laion2b", "ViT-H-14/laion2b_s32b_b79k", "open_clip ViT-H/14 trained on LAION-2B"),
+    ("siglip-base", "google/siglip-base-patch16-224", "SigLIP ViT-B/16, 224px (sigmoid loss)"),
+    ("siglip-base-384", "google/siglip-base-patch16-384", "SigLIP ViT-B/16, 384px"),
+    ("siglip-large", "google/siglip-large-patch16-384", "SigLIP ViT-L/16, 384px"),
+    ("siglip-so400m", "google/siglip-so400m-patch14-384", "SigLIP So400m/14, 384px"),
+]:
+    _backend = "open_clip" if _src.startswith("ViT-") else "transformers"
+    register_model(ModelSpec(name=_name, family="clip", source=_src, backend=_backend, description=_desc))
+
+
