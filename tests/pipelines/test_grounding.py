@@ -114,7 +114,7 @@ def test_toyworld_grounding_dense_modes_beat_vanilla():
 
 @pytest.mark.parametrize("kind", ["owlv2", "grounding-dino"])
 def test_detector_backend_equals_the_detector(kind, tiny_root, photos):
-    from visionfm.pipelines.detectors import OpenVocabDetector
+    from visionfm.foundation.detectors import OpenVocabDetector
 
     path = tiny_checkpoint(kind, root=tiny_root)
     gr = vfm.pipeline("grounding", model=str(path), device="cpu", nms_thresh=1.0)

@@ -495,18 +495,13 @@ def save(encoder: Any, path: str | os.PathLike) -> Path:
 def _resolve_adapter_dir(
     source: str | os.PathLike, *, allow_pickle: bool, local_files_only: bool | None, cache_dir: Any
 ) -> Path:
-    from ..foundation.loading import _HUB_ID, ModelNotFoundError, PickleCheckpointError, hub_snapshot, pickle_refusal
+    from ..foundation.loading import PickleCheckpointError, pickle_refusal, resolve_source
 
-    path = Path(os.path.expanduser(os.fspath(source)))
-    if not path.is_dir():
-        if path.exists():
-            raise ValueError(f"{path} is a file; pass the adapter directory that contains it")
-        if not _HUB_ID.match(os.fspath(source)):
-            raise ModelNotFoundError(f"adapter {os.fspath(source)!r} is neither a directory nor a hub id ('org/name')")
-        patterns = [_ADAPTER_CONFIG, _ADAPTER_SAFETENSORS] + ([_ADAPTER_PICKLE] if allow_pickle else [])
-        path = hub_snapshot(
-            os.fspath(source), allow_patterns=patterns, cache_dir=cache_dir, local_files_only=local_files_only
-        )
+    patterns = [_ADAPTER_CONFIG, _ADAPTER_SAFETENSORS] + ([_ADAPTER_PICKLE] if allow_pickle else [])
+    path, _, _ = resolve_source(
+        source, what="adapter", allow_patterns=patterns, cache_dir=cache_dir, local_files_only=local_files_only,
+        aliases=False, open_clip_tags=False,
+    )  # fmt: skip
     if not (path / _ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{path} is not a PEFT adapter directory: no {_ADAPTER_CONFIG}")
     if not (path / _ADAPTER_SAFETENSORS).is_file():

@@ -198,7 +198,12 @@ def _stats(rows: torch.Tensor, valid: torch.Tensor, encoder: str, protocol: dict
     return st
 
 
-@register_task("generation", datasets=("reference",), optional=("reference",), description="FD / FID / IS / CLIP score of generated samples")
+@register_task(
+    "generation",
+    datasets=("reference",),
+    optional=("reference",),
+    description="FD / FID / IS / CLIP score of generated samples",
+)
 def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """The ``generation`` task; see the module docstring. ``runner.encoder`` must be a generator (DiT)."""
     from ..pipelines.generation import PRESETS, TEXT_PRESETS, GenerationPipeline, label_ids

@@ -80,7 +80,12 @@ def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any
     return res
 
 
-@register_task("linear_probe", datasets=("train", "val", "test"), optional=("val",), description="logistic regression on frozen features")
+@register_task(
+    "linear_probe",
+    datasets=("train", "val", "test"),
+    optional=("val",),
+    description="logistic regression on frozen features",
+)
 def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """``{train, val (optional: else the last 20% of train), test, weight_decays, epochs}``: logistic regression on
     frozen pooled features (cached), regularisation chosen on val, retrained on train+val, scored on test."""
@@ -258,4 +263,3 @@ def detection(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     metrics = coco_detection_ap(images, anns, ds.categories, dets, iou_types=("bbox",))
     return {"task": "detection", "dataset": name, "metrics": metrics, "samples": int(valid.sum()),
             "skipped": int((~valid).sum()), "protocol": dict(gr.protocol, phrases=phrases, threshold=thr)}  # fmt: skip
-

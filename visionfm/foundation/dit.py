@@ -37,6 +37,7 @@ from torch import nn
 
 from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
+from .generator import Generator
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
@@ -222,7 +223,7 @@ def denoiser_info(
     return info, pp, vae_scale, num_layers
 
 
-class DiTEncoder(Encoder):
+class DiTEncoder(Encoder, Generator):
     """A diffusers DiT pipeline behind the :class:`Features` contract.
 
     Attributes:
@@ -241,6 +242,8 @@ class DiTEncoder(Encoder):
     Determinism assumes eval mode (``load_encoder`` returns it): in train mode DiT's label embedding
     randomly drops a non-null ``class_label`` to the null class.
     """
+
+    conditioning = "class"  # the Generator interface (visionfm.foundation.generator)
 
     def __init__(self, vae: nn.Module, transformer: nn.Module, scheduler: Any, *, name: str, options: dict[str, Any]):
         from diffusers import DDPMScheduler

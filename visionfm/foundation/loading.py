@@ -192,22 +192,60 @@ def hub_snapshot(
         ) from e
 
 
-def _resolve(
-    name: str, spec: ModelSpec | None, *, allow_pickle: bool, revision: str | None, cache_dir: Any, local_only: Any
-) -> tuple[Path, dict[str, Any]]:
-    """Map a source string to a local directory plus source hints."""
+def resolve_source(
+    name: str | os.PathLike,
+    *,
+    what: str = "model",
+    allow_patterns: list[str] | None = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    aliases: bool = True,
+    open_clip_tags: bool = True,
+) -> tuple[Path, ModelSpec | None, dict[str, Any]]:
+    """The one weights resolver: a name to a local directory, offline-first.
+
+    Encoders, detectors, generators and PEFT adapters all resolve through it. ``name`` is tried, in order, as an
+    existing local directory; a registered alias (``visionfm models``); an open_clip tag ``"ARCH/PRETRAINED"`` or
+    ``"hf-hub:org/repo"``; a Hugging Face hub id ``"org/name"``. Hub files come from the local cache first; the
+    network is used only when they are missing and offline mode is off. Pickle files are fetched only when
+    ``allow_pickle`` is set.
+
+    Args:
+        name: what the caller asked for.
+        what: what is being loaded, for error messages (``"model"``, ``"adapter"``).
+        allow_patterns: hub file globs (default: configs, safetensors, tokenizer files; ``*.bin``/``*.pt``/``*.pth``
+            with ``allow_pickle``).
+        allow_pickle: also fetch pickle weights from the hub.
+        revision, cache_dir, local_files_only: as in :func:`hub_snapshot`.
+        aliases: look ``name`` up in the registry.
+        open_clip_tags: accept open_clip tags.
+
+    Returns:
+        ``(directory, spec or None, hints)``; hints hold ``open_clip_arch`` / ``open_clip_pretrained_cfg`` for an
+        open_clip tag.
+
+    Raises:
+        ModelNotFoundError: ``name`` is none of the above (with the closest registered names).
+        ModelNotAvailableError: a valid hub id / tag / alias whose files are not here and cannot be fetched now.
+        ValueError: ``name`` is a file, not a directory.
+    """
+    name = os.fspath(name)
+    spec = get_spec(name) if aliases and not Path(os.path.expanduser(name)).is_dir() else None
     source = (spec.locate() if spec.locate else spec.source) if spec else name
     path = Path(os.path.expanduser(source))
     if path.is_dir():
-        return path, {}
+        return path, spec, {}
     if path.exists():
-        raise ValueError(f"{source!r} is a file; pass the checkpoint directory that contains it")
+        raise ValueError(f"{source!r} is a file; pass the {what} directory that contains it")
     if spec is not None and path.is_absolute():
         raise ModelNotAvailableError(f"{name!r} lives in {path}, which does not exist yet ({spec.description})")
     if source.startswith("hf-hub:"):
         source = source[len("hf-hub:") :]
     pickles = ["*.bin", "*.pt", "*.pth"] if allow_pickle else []
-    oc = _open_clip_arch(source)
+    hub_kw = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    oc = _open_clip_arch(source) if open_clip_tags else None
     if oc is not None:
         import open_clip
 
@@ -221,33 +259,20 @@ def _resolve(
             raise ModelNotAvailableError(
                 f"open_clip tag {source!r} is not hosted on the Hugging Face hub ({pcfg.get('url')})"
             )
-        snap = hub_snapshot(
-            repo,
-            allow_patterns=[
-                "open_clip_config.json",
-                "open_clip_model.safetensors",
-                *["open_clip_pytorch_model.bin"][: len(pickles)],
-                "*.txt",
-                "tokenizer*",
-                "*.model",
-            ],
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_only,
-        )
-        return snap, {"open_clip_arch": arch, "open_clip_pretrained_cfg": pcfg}
+        patterns = ["open_clip_config.json", "open_clip_model.safetensors",
+                    *["open_clip_pytorch_model.bin"][: len(pickles)], "*.txt", "tokenizer*", "*.model"]  # fmt: skip
+        snap = hub_snapshot(repo, allow_patterns=patterns, **hub_kw)
+        return snap, spec, {"open_clip_arch": arch, "open_clip_pretrained_cfg": pcfg}
     if _HUB_ID.match(source):
-        return hub_snapshot(
-            source,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", *pickles],
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_only,
-        ), {}
-    hint = close_matches(name)
+        patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.model", *pickles]
+        return hub_snapshot(source, allow_patterns=patterns, **hub_kw), spec, {}
+    hint = close_matches(name) if aliases else []
+    kinds = "a directory, a registered alias, an open_clip tag ('ARCH/PRETRAINED') or a hub id ('org/name')"
+    if not aliases:
+        kinds = "a directory or a hub id ('org/name')"
     raise ModelNotFoundError(
-        f"unknown model {name!r}: not a directory, a registered alias, an open_clip tag ('ARCH/PRETRAINED') or a hub "
-        f"id ('org/name')." + (f" Did you mean: {', '.join(hint)}?" if hint else " Run `visionfm models` for the list.")
+        f"unknown {what} {name!r}: not {kinds}."
+        + (f" Did you mean: {', '.join(hint)}?" if hint else " Run `visionfm models` for the list." if aliases else "")
     )
 
 
@@ -333,15 +358,18 @@ def load_encoder(
     fam_name = spec.family if spec else None
     # Validate options before any download so a typo costs nothing.
     if fam_name:
+        _check_kind(name, fam_name)
         _validate_options(fam_name, overrides)
-    path, extra = _resolve(
-        name, spec, allow_pickle=allow_pickle, revision=revision, cache_dir=cache_dir, local_only=local_files_only
+    path, spec, extra = resolve_source(
+        name, allow_pickle=allow_pickle, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
     )
     detected = detect_family(path)
     if detected is None:
         files = sorted(p.name for p in path.iterdir())[:12]
         expected = "; ".join(f"{f.name}: {f.formats}" for f in families().values() if f.formats)
-        raise ValueError(f"{name!r} ({path}) is not in a format visionfm recognises (found {files}); expected {expected}")
+        raise ValueError(
+            f"{name!r} ({path}) is not in a format visionfm recognises (found {files}); expected {expected}"
+        )
     fam_detected, backend_detected = detected
     if fam_name and fam_name != fam_detected:
         raise ValueError(
@@ -349,6 +377,7 @@ def load_encoder(
         )
     family = get_family(fam_detected)
     if not fam_name:
+        _check_kind(name, family.name)
         _validate_options(family.name, overrides)
     chosen = backend or (spec.backend if spec and spec.backend else backend_detected)
     if chosen not in family.backends:
@@ -378,6 +407,13 @@ def load_encoder(
         enc.compile(**(compile if isinstance(compile, dict) else {}))
     logger.info("loaded %s (%s/%s) from %s on %s", name, family.name, chosen, path, enc.device)
     return enc
+
+
+def _check_kind(name: str, family: str) -> None:
+    kind = get_family(family).kind
+    if kind != "encoder":
+        hint = " (visionfm.foundation.detectors.load_detector, or pipeline('grounding', model=...))"
+        raise TypeError(f"{name!r} is a {kind} (family {family!r}), not an encoder; load it with load_{kind}{hint}")
 
 
 def _validate_options(family: str, overrides: dict[str, Any]) -> None:

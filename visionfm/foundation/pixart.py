@@ -43,6 +43,7 @@ from .dit import (
 )
 from .encoder import Encoder
 from .features import Features
+from .generator import Generator
 from .registry import Family, LoadRequest, ModelSpec, register_family, register_model
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def detect(path: Path) -> str | None:
     return None
 
 
-class PixArtEncoder(Encoder):
+class PixArtEncoder(Encoder, Generator):
     """A diffusers PixArt-α/Σ pipeline behind the :class:`Features` contract.
 
     Attributes:
@@ -124,6 +125,8 @@ class PixArtEncoder(Encoder):
     # The VAE and noise pieces are DiT's, unchanged (they read self.vae, self.noise_seed, self.ensemble).
     encode_latents = DiTEncoder.encode_latents
     noise = DiTEncoder.noise
+
+    conditioning = "text"  # the Generator interface (visionfm.foundation.generator)
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..foundation.encoder import Encoder
+from ..foundation.generator import Generator
 from .base import Pipeline, register_pipeline
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 TEXT_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"steps": 20, "guidance_scale": 4.5},
 }
-_FAMILIES = ("dit", "pixart")
 
 
 @dataclass
@@ -124,15 +124,16 @@ class GenerationPipeline(Pipeline):
 
     def __init__(self, encoder: Encoder, *, batch_size: int = 8) -> None:
         super().__init__(encoder, batch_size=batch_size)
-        if encoder.info.family not in _FAMILIES:
+        if not isinstance(encoder, Generator):
             raise TypeError(
-                f"generation needs a DiT (family 'dit') or PixArt (family 'pixart') model, got {encoder.info.family!r}"
+                f"generation needs a generator (visionfm.foundation.generator.Generator: DiT, PixArt), got "
+                f"{type(encoder).__name__} (family {encoder.info.family!r})"
             )
 
     @property
     def text_to_image(self) -> bool:
         """Whether the model is prompted with text (PixArt) rather than class labels (DiT)."""
-        return self.encoder.info.family == "pixart"
+        return self.encoder.conditioning == "text"
 
     def __call__(  # type: ignore[override]
         self,
@@ -195,8 +196,7 @@ class GenerationPipeline(Pipeline):
         if not labels:
             raise ValueError("generation needs labels=[...] (class names or ids)")
         enc = self.encoder
-        tr = enc.transformer
-        n_classes = int(tr.config.num_embeds_ada_norm)
+        n_classes = enc.num_classes
         ids = [
             i for i in label_ids(labels, getattr(enc, "id2label", {}), n_classes) for _ in range(num_images_per_label)
         ]
@@ -313,7 +313,7 @@ class GenerationPipeline(Pipeline):
         b, c, vsf = len(seeds), int(tr.config.in_channels), int(enc.vae_scale_factor)
         gens = [torch.Generator(device="cpu").manual_seed(int(x)) for x in seeds]
         latents = randn_tensor((b, c, height // vsf, width // vsf), generator=gens, device=dev, dtype=emb.dtype)
-        scheduler = type(enc.scheduler).from_config(enc.scheduler.config)  # fresh state per batch
+        scheduler = enc.new_scheduler()  # fresh state per batch
         scheduler.set_timesteps(steps, device=dev)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
@@ -355,10 +355,10 @@ class GenerationPipeline(Pipeline):
         gens = [torch.Generator(device="cpu").manual_seed(int(x)) for x in seeds]
         latents = randn_tensor((len(ids), c, s, s), generator=gens, device=dev, dtype=dtype)
         guided = cfg > 1
-        null = int(tr.config.num_embeds_ada_norm)
+        null = enc.num_classes
         cls = torch.tensor(ids, device=dev)
         cls_in = torch.cat([cls, torch.full_like(cls, null)]) if guided else cls
-        scheduler = type(enc.scheduler).from_config(enc.scheduler.config)  # fresh state per batch
+        scheduler = enc.new_scheduler()  # fresh state per batch
         scheduler.set_timesteps(steps)
         x = torch.cat([latents, latents]) if guided else latents
         for t in tqdm(scheduler.timesteps, desc="generation", disable=progress is False):
@@ -378,11 +378,8 @@ class GenerationPipeline(Pipeline):
         return x[: len(ids)] if guided else x
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """VAE-decode latents to uint8 HWC images ``[B, H, W, 3]`` (diffusers' ``DiTPipeline`` post-processing)."""
-        vae = self.encoder.vae
-        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-        return (x * 255).round().astype(np.uint8)
+        """Latents to uint8 HWC images ``[B, H, W, 3]`` through the generator's decoder."""
+        return self.encoder.decode_latents(latents)
 
 
 def _as_output(images: np.ndarray, output_type: str) -> list[Any]:

@@ -126,7 +126,7 @@ class GroundingPipeline(Pipeline):
 
     Args:
         encoder: a CLIP encoder (training-free backend); detectors come through :meth:`build`.
-        detector: an :class:`~visionfm.pipelines.detectors.OpenVocabDetector` (detector backend).
+        detector: an :class:`~visionfm.foundation.detectors.OpenVocabDetector` (detector backend).
         refine: a SAM model name / encoder / mask-generation pipeline, and/or ``"pamr"`` (training-free: refine
             the dense scores along colour edges before finding regions); a list for both.
         batch_size: images per forward pass.
@@ -205,7 +205,7 @@ class GroundingPipeline(Pipeline):
         """A detector checkpoint (OWLv2, OWL-ViT, Grounding DINO) gives the detector backend; anything else is
         loaded as a CLIP encoder for the training-free backend."""
         if not isinstance(model, Encoder):
-            from .detectors import OpenVocabDetector, detector_type
+            from ..foundation.detectors import OpenVocabDetector, detector_type
 
             if detector_type(model) is not None:
                 load_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in ("allow_pickle", "local_files_only")}

@@ -33,6 +33,7 @@ from .base import Pipeline, register_pipeline
 
 logger = logging.getLogger(__name__)
 
+
 @register_pipeline("zero-shot-classification")
 class ZeroShotClassificationPipeline(Pipeline):
     """``clf(images, labels=[...], templates="imagenet80", top_k=5)`` -> ``[{"score", "label"}]`` per image.

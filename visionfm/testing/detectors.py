@@ -1,7 +1,7 @@
 """Tiny random open-vocabulary detectors (OWLv2, OWL-ViT, Grounding DINO), transformers format.
 
 Each writes a real transformers checkpoint (safetensors, processor and tokenizer files) that
-:class:`visionfm.pipelines.detectors.OpenVocabDetector` and transformers itself load; no timm, no download.
+:class:`visionfm.foundation.detectors.OpenVocabDetector` and transformers itself load; no timm, no download.
 """
 
 from __future__ import annotations

@@ -91,7 +91,6 @@ def run(recipe: dict[str, Any]) -> Path:
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
-
     model_cfg = dict(recipe["model"])
     data_cfg = dict(recipe.get("data", {}))
     grayscale_prob = float(data_cfg.pop("grayscale_prob", 0.0))

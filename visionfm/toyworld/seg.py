@@ -170,7 +170,9 @@ def seg_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     keys = ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride", "proxy", "pamr", "seed")
     opts = {k: task[k] for k in keys if k in task}
     report = run(runner.encoder, **opts)
-    rows = sorted(report["results"], key=lambda r: (r["kind"], r["split"] != "test", r["refine"] or "", _order(r["mode"])))
+    rows = sorted(
+        report["results"], key=lambda r: (r["kind"], r["split"] != "test", r["refine"] or "", _order(r["mode"]))
+    )
     metrics = {f"mIoU {r['kind']} {r['split']} {r['mode']}{'+' + r['refine'] if r['refine'] else ''}": r["mIoU"]
                for r in rows}  # fmt: skip
     samples = sum({(r["kind"], r["split"]): r["images"] for r in rows}.values())

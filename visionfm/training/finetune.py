@@ -80,8 +80,8 @@ def run(recipe: dict[str, Any]) -> Path:
 
     from ..adapters.heads import ClassificationHead, EncoderWithHead
     from ..data.datasets import build_dataset
-    from .metrics import ClassificationMetric
     from ..foundation.loading import load_encoder
+    from .metrics import ClassificationMetric
 
     tuning = str(recipe.get("tuning", "lora"))
     if tuning not in TUNINGS:
@@ -195,8 +195,8 @@ def run_segmentation(recipe: dict[str, Any]) -> Path:
 
     from ..adapters.heads import EncoderWithHead, SegmentationHead
     from ..data.datasets import build_dataset
-    from .metrics import SegmentationMetric
     from ..foundation.loading import load_encoder
+    from .metrics import SegmentationMetric
 
     tuning = str(recipe.get("tuning", "lora"))
     if tuning == "coop":

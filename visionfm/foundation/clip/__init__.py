@@ -67,5 +67,3 @@ for _name, _src, _desc in [
 ]:
     _backend = "open_clip" if _src.startswith("ViT-") else "transformers"
     register_model(ModelSpec(name=_name, family="clip", source=_src, backend=_backend, description=_desc))
-
-

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from visionfm.foundation.loading import PickleCheckpointError
-from visionfm.pipelines.detectors import (
+from visionfm.foundation.detectors import (
     DETECTOR_TYPES,
     OpenVocabDetector,
     detector_type,

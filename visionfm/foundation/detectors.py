@@ -1,4 +1,6 @@
-"""Open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO): the backend of ``pipeline("grounding")``.
+"""Open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO): the ``detector`` family, the backend of
+``pipeline("grounding")``. Their aliases are in the registry (``visionfm models --family detector``) and they load
+through the one weights resolver (:func:`visionfm.foundation.loading.resolve_source`): :func:`load_detector`.
 
 :class:`OpenVocabDetector` wraps a transformers checkpoint of one of :data:`DETECTOR_TYPES` and turns
 ``(images, phrases)`` into boxes in the **original image's pixels**, one result per image:
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,17 @@ from typing import Any
 import torch
 
 from ..data.images import as_image_list, to_uint8_chw
-from ..foundation.loading import (
+from .loading import (
+    _HUB_ID,
     check_no_pickle_only,
     find_weights,
     hf_model_type,
-    hub_snapshot,
     read_json,
     resolve_device,
     resolve_dtype,
+    resolve_source,
 )
+from .registry import Family, LoadRequest, ModelSpec, get_spec, register_family, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ DETECTOR_TYPES = ("owlv2", "owlvit", "grounding-dino")
 #: Grounding DINO's default text threshold (the value used in its paper and model cards).
 GROUNDING_DINO_TEXT_THRESHOLD = 0.25
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 Detections = dict[str, torch.Tensor]
@@ -78,6 +80,9 @@ def detector_type(name: str | os.PathLike) -> str | None:
         >>> detector_type("/no/such/dir") is None
         True
     """
+    spec = get_spec(os.fspath(name)) if not Path(os.path.expanduser(os.fspath(name))).is_dir() else None
+    if spec is not None:
+        return _ALIAS_TYPES.get(spec.name) if spec.family == "detector" else None
     path = Path(os.path.expanduser(os.fspath(name)))
     if path.is_dir():
         mt = hf_model_type(path)
@@ -92,24 +97,6 @@ def detector_type(name: str | os.PathLike) -> str | None:
     else:
         return None
     return mt if mt in DETECTOR_TYPES else None
-
-
-def _resolve_dir(name: str, *, allow_pickle: bool, local_files_only: bool | None) -> Path:
-    """A local checkpoint directory for ``name`` (a directory, or a hub id fetched offline-first)."""
-    path = Path(os.path.expanduser(name))
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"{name!r} is a file; pass the checkpoint directory that contains it")
-    if not _HUB_ID.match(name):
-        raise ValueError(
-            f"{name!r} is neither an existing directory nor a Hugging Face hub id ('org/name') of an "
-            f"open-vocabulary detector ({', '.join(DETECTOR_TYPES)})"
-        )
-    pickles = ["*.bin"] if allow_pickle else []
-    return hub_snapshot(
-        name, allow_patterns=["*.json", "*.safetensors", "*.txt", *pickles], local_files_only=local_files_only
-    )
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -191,6 +178,7 @@ class OpenVocabDetector:
         if kind not in DETECTOR_TYPES:
             raise ValueError(f"expected a model whose config.model_type is one of {DETECTOR_TYPES}, got {kind!r}")
         self.kind: str = kind
+        self.name: str = kind
         self.model = model.eval()
         self.processor = processor
 
@@ -237,10 +225,28 @@ class OpenVocabDetector:
             PickleCheckpointError: only pickle weights exist and ``allow_pickle`` is False.
             ModelNotAvailableError: a hub id that is not cached and cannot be downloaded now.
         """
+        name = os.fspath(name)
+        path, _, _ = resolve_source(
+            name, allow_pickle=allow_pickle, local_files_only=local_files_only, open_clip_tags=False,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", *(["*.bin"] if allow_pickle else [])],
+        )  # fmt: skip
+        return cls.from_dir(path, name=name, device=device, dtype=dtype, allow_pickle=allow_pickle)
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: Path,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype | None = None,
+        allow_pickle: bool = False,
+    ) -> OpenVocabDetector:
+        """Load a detector from a local transformers checkpoint directory (see :meth:`load`)."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        name = os.fspath(name)
-        path = _resolve_dir(name, allow_pickle=allow_pickle, local_files_only=local_files_only)
+        path = Path(path)
+        name = name or str(path)
         if not (path / "config.json").is_file():
             raise ValueError(
                 f"{name!r} ({path}) has no config.json; expected a transformers checkpoint of an open-vocabulary "
@@ -262,6 +268,7 @@ class OpenVocabDetector:
         processor = AutoProcessor.from_pretrained(path)
         model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
         det = cls(model, processor)
+        det.name = name
         logger.info("loaded %s detector %s from %s on %s", kind, name, path, det.device)
         return det
 
@@ -460,3 +467,58 @@ __all__ = [
     "detector_type",
     "grounding_dino_prompt",
 ]
+
+
+# -- the family ------------------------------------------------------------------------------------
+def load_detector(
+    name: str | os.PathLike,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    local_files_only: bool | None = None,
+) -> OpenVocabDetector:
+    """Load an open-vocabulary detector by alias (``"owlv2-base"``, see ``visionfm models --family detector``),
+    hub id or local directory; the same resolver as ``load_encoder`` (offline-first, pickle refused unless allowed).
+
+    Example:
+        >>> from visionfm.testing import tiny_checkpoint
+        >>> load_detector(tiny_checkpoint("owlv2"), device="cpu").kind
+        'owlv2'
+    """
+    return OpenVocabDetector.load(
+        name, device=device, dtype=dtype, allow_pickle=allow_pickle, local_files_only=local_files_only
+    )
+
+
+def _detect(path: Path) -> str | None:
+    return "transformers" if hf_model_type(path) in DETECTOR_TYPES else None
+
+
+def _build(req: LoadRequest) -> OpenVocabDetector:
+    return OpenVocabDetector.from_dir(req.path, name=req.name, allow_pickle=req.allow_pickle)
+
+
+register_family(
+    Family(
+        name="detector",
+        backends=("transformers",),
+        detect=_detect,
+        build=_build,
+        description="open-vocabulary detectors (OWLv2, OWL-ViT, Grounding DINO) for pipeline('grounding')",
+        formats="transformers (config.json with model_type owlv2 / owlvit / grounding-dino)",
+        kind="detector",
+    )
+)
+_ALIAS_TYPES: dict[str, str] = {}
+for _name, _src, _type, _desc in [
+    ("owlv2-base", "google/owlv2-base-patch16-ensemble", "owlv2", "OWLv2 ViT-B/16 (ensemble), 960px"),
+    ("owlv2-large", "google/owlv2-large-patch14-ensemble", "owlv2", "OWLv2 ViT-L/14 (ensemble), 1008px"),
+    ("owlvit-base-32", "google/owlvit-base-patch32", "owlvit", "OWL-ViT ViT-B/32, 768px"),
+    ("owlvit-base-16", "google/owlvit-base-patch16", "owlvit", "OWL-ViT ViT-B/16, 768px"),
+    ("owlvit-large", "google/owlvit-large-patch14", "owlvit", "OWL-ViT ViT-L/14, 840px"),
+    ("grounding-dino-tiny", "IDEA-Research/grounding-dino-tiny", "grounding-dino", "Grounding DINO Swin-T"),
+    ("grounding-dino-base", "IDEA-Research/grounding-dino-base", "grounding-dino", "Grounding DINO Swin-B"),
+]:
+    register_model(ModelSpec(name=_name, family="detector", source=_src, backend="transformers", description=_desc))
+    _ALIAS_TYPES[_name] = _type
