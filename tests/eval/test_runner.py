@@ -210,9 +210,9 @@ def test_eval_cli_and_report(clip_dir, suite_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_toyworld_suite_reproduces_the_demo(tmp_path):
     """The shipped toyworld suite on the toy CLIP gives the demo's (docs/toyworld.md) zero-shot numbers."""
+    from visionfm.foundation.loading import load_encoder
     from visionfm.toyworld.demo import evaluate
     from visionfm.toyworld.models import ensure_toy_clip
-    from visionfm.foundation.loading import load_encoder
 
     path = ensure_toy_clip()
     rep = Runner("toyworld", str(path), tmp_path).run()

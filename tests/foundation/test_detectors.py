@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from visionfm.foundation.loading import PickleCheckpointError
+import visionfm as vfm
 from visionfm.foundation.detectors import (
     DETECTOR_TYPES,
     OpenVocabDetector,
     detector_type,
     grounding_dino_prompt,
+    load_detector,
 )
+from visionfm.foundation.loading import PickleCheckpointError
 from visionfm.testing import tiny_checkpoint
 from visionfm.testing.detectors import write_tiny_grounding_dino, write_tiny_owlv2, write_tiny_owlvit
 
@@ -233,8 +235,12 @@ def test_errors(tiny_detector, detector, tiny_root, tmp_path, photos):
 
     with pytest.raises(ValueError, match="'clip' checkpoint; expected an open-vocabulary detector"):
         OpenVocabDetector.load(tiny_checkpoint("clip", "transformers", root=tiny_root))
-    with pytest.raises(ValueError, match="neither an existing directory nor a Hugging Face hub id"):
+    with pytest.raises(ValueError, match=r"not a directory, a registered alias or a hub id \('org/name'\)"):
         OpenVocabDetector.load(tmp_path / "missing" / "dir")
+    with pytest.raises(TypeError, match="'owlv2-base' is a detector.*load_detector"):
+        vfm.load_encoder("owlv2-base")
+    with pytest.raises(ValueError, match="unknown model 'owlv3-base'.*Did you mean: owlv2-base"):
+        load_detector("owlv3-base")
 
 
 # -- 6. Grounding DINO ---------------------------------------------------------------------------
@@ -298,3 +304,15 @@ def test_grounding_dino_label_mapping(detector):
     ]
     labels = det._grounding_dino_labels([c[0] for c in cases], torch.stack([c[1] for c in cases]), text, 0.25)
     assert labels.tolist() == [c[2] for c in cases]
+
+
+def test_detector_aliases_are_in_the_registry_and_resolve_to_hub_ids(monkeypatch):
+    from visionfm.foundation.loading import ModelNotAvailableError
+
+    names = [m.name for m in vfm.list_models("detector")]
+    assert {"owlv2-base", "owlvit-base-32", "grounding-dino-tiny"} <= set(names)
+    assert detector_type("owlv2-base") == "owlv2" and detector_type("grounding-dino-tiny") == "grounding-dino"
+    assert detector_type("clip-vit-b-16") is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="google/owlv2-base-patch16-ensemble"):
+        load_detector("owlv2-base")

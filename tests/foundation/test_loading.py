@@ -172,3 +172,15 @@ def test_malformed_config_names_file(tmp_path, oc_dir):
     with pytest.raises(ValueError, match="open_clip_config.json"):
         vfm.load_encoder(d)
     json.loads((oc_dir / "open_clip_config.json").read_text())  # the original is untouched
+
+
+def test_adapter_hook_comes_from_the_adapters_package(monkeypatch, tiny_root):
+    import visionfm.adapters as adapters
+    from visionfm.foundation import hooks
+
+    assert hooks.get_hook("adapter_loader", needed_for="x", provider="visionfm.adapters") is adapters.load_adapter
+    monkeypatch.delitem(hooks._HOOKS, "adapter_loader")
+    with pytest.raises(RuntimeError, match=r"load_encoder\(adapter=...\) needs visionfm.adapters"):
+        vfm.load_encoder(tiny_checkpoint("dinov2", root=tiny_root), adapter="some/adapter", device="cpu")
+    with pytest.raises(ValueError, match="unknown hook"):
+        hooks.register_hook("nope", print)

@@ -103,8 +103,8 @@ def test_errors(clip, photos):
 @pytest.mark.slow
 def test_toyworld_grounding_dense_modes_beat_vanilla():
     """Learned behaviour: with the toy CLIP, box AP of maskclip + PAMR beats vanilla on held-out scenes."""
-    from visionfm.toyworld.models import ensure_toy_clip
     from visionfm.toyworld.grounding import run
+    from visionfm.toyworld.models import ensure_toy_clip
 
     ensure_toy_clip()
     rep = run(modes=("vanilla", "maskclip+pamr"), splits=("heldout",), num=40, num_val=20)

@@ -133,9 +133,9 @@ def test_feature_extraction_matches_encoder(tiny_root, photos):
 @pytest.mark.slow
 def test_toyworld_clip_through_the_pipeline_matches_the_reported_accuracy():
     """The pipeline's top-1 on held-out compositions equals the demo's reported number (docs/toyworld.md)."""
-    from visionfm.toyworld.world import ToyWorld, class_names
     from visionfm.toyworld.demo import TEMPLATES, evaluate
     from visionfm.toyworld.models import ensure_toy_clip
+    from visionfm.toyworld.world import ToyWorld, class_names
 
     enc = vfm.load_encoder(ensure_toy_clip(), device="cpu")
     reported = evaluate(enc, num=600)[0][0]

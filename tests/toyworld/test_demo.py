@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import visionfm as vfm
+from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
 from visionfm.toyworld.demo import evaluate, run_demo
 from visionfm.toyworld.models import ensure_toy_clip, toy_clip_dir
-from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
 
 TINY = list(TINY_TOY_CLIP_OVERRIDES)
 

@@ -56,9 +56,9 @@ def test_clip_pretrain_output_loads_like_any_clip(tmp_path, photos):
 
 
 def test_grayscale_augmentation_pairs_grey_images_with_shape_only_captions():
-    from visionfm.toyworld.world import COLOURS, ToyWorld
     from visionfm.foundation.preprocess import PreprocessConfig
     from visionfm.toyworld.clip_pretrain import ToyCaptionDataset
+    from visionfm.toyworld.world import COLOURS, ToyWorld
 
     seen: list[str] = []
 

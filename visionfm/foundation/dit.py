@@ -35,10 +35,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .encoder import Encoder, tap_blocks, tokens_to_grid
-from .features import EncoderInfo, Features
+from .diffusion import (
+    DenoiserEncoder,
+    check_int,
+    denoiser_info,
+    ensemble_features,
+    load_scheduler,
+    read_json_or_none,
+    run_denoiser_blocks,
+)
+from .encoder import Encoder
+from .features import Features
 from .generator import Generator
-from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
 logger = logging.getLogger(__name__)
@@ -96,22 +104,6 @@ class PixelSpace(nn.Module):
         return SimpleNamespace(sample=z)
 
 
-class _StopForward(Exception):
-    """Raised by a forward hook once every needed block has run, to skip the rest of the transformer."""
-
-
-def _stop_hook(_module: nn.Module, _inp: Any, _out: Any) -> None:
-    raise _StopForward
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _is_dit_transformer_config(cfg: dict[str, Any] | None) -> bool:
     # The hub's facebook/DiT-* configs predate DiTTransformer2DModel and say "Transformer2DModel";
     # ada_norm_zero with class embeddings is what makes a Transformer2DModel a DiT.
@@ -133,97 +125,17 @@ def detect(path: Path) -> str | None:
     a ``model_index.json`` whose ``vae`` entry is ``[null, null]``).
     """
     path = Path(path)
-    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else None
+    index = read_json_or_none(path / "model_index.json") if (path / "model_index.json").is_file() else None
     if index is not None and index.get("_class_name") == "DiTPipeline":
         return "diffusers"
     cfg_path = path / "transformer" / "config.json"
     has_vae = (path / "vae").is_dir() or (index is not None and index.get("vae") == [None, None])
-    if cfg_path.is_file() and has_vae and _is_dit_transformer_config(_read_json(cfg_path)):
+    if cfg_path.is_file() and has_vae and _is_dit_transformer_config(read_json_or_none(cfg_path)):
         return "diffusers"
     return None
 
 
-def _check_int(name: str, value: Any, *, lo: int | None = None, hi: int | None = None, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"DiT option {name}= must be an int{' or None' if none_ok else ''}, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"DiT option {name}={value} is out of range [{lo}, {hi}]")
-
-
-def _load_scheduler(path: Path):
-    """The pipeline's scheduler, of the class its config names (``DDPMScheduler`` if that is unknown)."""
-    import diffusers
-    from diffusers import DDPMScheduler
-    from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
-    cfg = _read_json(path / "scheduler" / "scheduler_config.json")
-    if cfg is None:
-        raise FileNotFoundError(f"{path} has no readable scheduler/scheduler_config.json")
-    name = str(cfg.get("_class_name", "DDPMScheduler"))
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        logger.warning("unknown scheduler class %r in %s; using DDPMScheduler", name, path)
-        cls = DDPMScheduler
-    return cls.from_pretrained(str(path), subfolder="scheduler")
-
-
-def run_denoiser_blocks(
-    transformer: nn.Module, needed: Sequence[int], *args: Any, **kwargs: Any
-) -> dict[int, torch.Tensor]:
-    """Run ``transformer(*args, **kwargs)`` only up to the deepest block in ``needed``; return those blocks' outputs
-    ``{i: [N, T, C]}`` (the final norm, projection and unpatchify never run)."""
-    blocks = transformer.transformer_blocks
-    with tap_blocks(blocks, needed) as captured:
-        stop = blocks[max(needed)].register_forward_hook(_stop_hook)  # runs after the tap hooks
-        try:
-            transformer(*args, return_dict=False, **kwargs)
-        except _StopForward:
-            pass
-        finally:
-            stop.remove()
-    return captured
-
-
-def ensemble_features(
-    captured: dict[int, torch.Tensor], batch: int, ensemble: int, grid: tuple[int, int], layer: int, taps: Sequence[int]
-) -> Features:
-    """``Features`` from block outputs ``[batch * ensemble, T, C]``: averaged over the ensemble draws, on the grid."""
-
-    def to_grid(tokens: torch.Tensor) -> torch.Tensor:
-        return tokens_to_grid(tokens.reshape(batch, ensemble, *tokens.shape[1:]).mean(1), grid)
-
-    patches = to_grid(captured[layer])
-    out_layers = {i: (patches if i == layer else to_grid(captured[i])) for i in taps}
-    return Features(pooled=patches.mean((1, 2)), patches=patches, grid=grid, layers=out_layers)
-
-
-def denoiser_info(
-    family: str, name: str, vae: nn.Module, transformer: nn.Module
-) -> tuple[EncoderInfo, PreprocessConfig, int, int]:
-    """``(info, preprocessing, vae_scale, num_layers)`` of a diffusion-transformer encoder (DiT, PixArt).
-
-    The input size is the transformer's ``sample_size`` times the VAE scale; a patch covers ``patch_size * vae_scale``
-    pixels. Preprocessing is DiT's reference data pipeline (ADM's ``center_crop_arr``): PIL bicubic resize of the
-    short side and a crop at ``floor((H - S) / 2)``, scaled to [-1, 1] (ADM's extra BOX halving of images larger
-    than ``2S`` is not reproduced).
-    """
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    patch = int(transformer.config.patch_size)
-    size = int(transformer.config.sample_size) * vae_scale
-    num_layers = len(transformer.transformer_blocks)
-    width = int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
-    info = EncoderInfo(family=family, backend="diffusers", name=name, embed_dim=width, width=width,
-                       patch_size=patch * vae_scale, image_size=(size, size), mean=(0.5, 0.5, 0.5),
-                       std=(0.5, 0.5, 0.5), has_text=False, num_layers=num_layers)  # fmt: skip
-    pp = PreprocessConfig(resize="shortest_edge", resize_size=size, interpolation="bicubic", crop_size=(size, size),
-                          crop_rounding="floor", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                          resize_backend="pil")  # fmt: skip
-    return info, pp, vae_scale, num_layers
-
-
-class DiTEncoder(Encoder, Generator):
+class DiTEncoder(Encoder, DenoiserEncoder, Generator):
     """A diffusers DiT pipeline behind the :class:`Features` contract.
 
     Attributes:
@@ -263,11 +175,11 @@ class DiTEncoder(Encoder, Generator):
             raise TypeError(f"unknown DiT option(s) {unknown}; valid options: {sorted(DIT_OPTIONS)}")
         n_train = int(self.noise_scheduler.config.num_train_timesteps)
         n_classes = int(transformer.config.num_embeds_ada_norm)
-        _check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
-        _check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
-        _check_int("class_label", opts["class_label"], lo=0, hi=n_classes, none_ok=True)
-        _check_int("noise_seed", opts["noise_seed"])
-        _check_int("ensemble", opts["ensemble"], lo=1)
+        check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
+        check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
+        check_int("class_label", opts["class_label"], lo=0, hi=n_classes, none_ok=True)
+        check_int("noise_seed", opts["noise_seed"])
+        check_int("ensemble", opts["ensemble"], lo=1)
         self.timestep: int = opts["timestep"]
         self.layer: int = self._layer_indices([num_layers // 2 if opts["layer"] is None else opts["layer"]])[0]
         self.class_label: int = n_classes if opts["class_label"] is None else opts["class_label"]
@@ -276,37 +188,6 @@ class DiTEncoder(Encoder, Generator):
 
     def extra_repr(self) -> str:
         return f"timestep={self.timestep}, layer={self.layer}, class_label={self.class_label}, ensemble={self.ensemble}"
-
-    # -- pieces, public so that generation and analysis code can reuse them ---------------------------
-    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """VAE posterior mean, scaled to the denoiser's latent space.
-
-        Args:
-            pixel_values: ``[B, 3, S, S]`` in [-1, 1].
-
-        Returns:
-            ``[B, C_lat, S / vae_scale, S / vae_scale]`` latents ``(mean - shift_factor) * scaling_factor``.
-        """
-        latents = self.vae.encode(pixel_values).latent_dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            latents = latents - shift
-        return latents * self.vae.config.scaling_factor
-
-    def noise(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
-        """The ``ensemble`` noise draws every image gets.
-
-        Args:
-            shape: ``(C_lat, h, w)`` of one latent.
-            device: where to put the noise (drawn on the CPU for reproducibility across devices).
-
-        Returns:
-            float32 ``[ensemble, C_lat, h, w]``: draw ``k`` is the ``k``-th ``torch.randn(shape)`` of a CPU
-            generator seeded with ``noise_seed``.
-        """
-        g = torch.Generator(device="cpu").manual_seed(self.noise_seed)
-        draws = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for _ in range(self.ensemble)]
-        return torch.stack(draws).to(device)
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels into denoiser features.
@@ -346,7 +227,7 @@ def build(req: LoadRequest) -> DiTEncoder:
     if req.backend != "diffusers":
         raise ValueError(f"DiT supports backend 'diffusers' only, got {req.backend!r}")
     path = Path(req.path)
-    index = _read_json(path / "model_index.json") or {}
+    index = read_json_or_none(path / "model_index.json") or {}
     pixel_space = not (path / "vae").is_dir() and index.get("vae") == [None, None]
     for sub in ("transformer",) if pixel_space else ("vae", "transformer"):
         if not (path / sub).is_dir():
@@ -362,7 +243,7 @@ def build(req: LoadRequest) -> DiTEncoder:
         vae: nn.Module = PixelSpace(3)
     else:
         vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", use_safetensors=use_st)
-    scheduler = _load_scheduler(path)
+    scheduler = load_scheduler(path)
     logger.debug("DiT %s: vae %s, transformer %s, scheduler %s", req.name, vae.config, transformer.config, scheduler)
     enc = DiTEncoder(vae, transformer, scheduler, name=req.name, options=dict(req.options))
     enc.id2label = {int(k): str(v) for k, v in (index.get("id2label") or {}).items()}

@@ -267,9 +267,9 @@ def resolve_source(
         patterns = allow_patterns or ["*.json", "*.safetensors", "*.txt", "*.model", *pickles]
         return hub_snapshot(source, allow_patterns=patterns, **hub_kw), spec, {}
     hint = close_matches(name) if aliases else []
-    kinds = "a directory, a registered alias, an open_clip tag ('ARCH/PRETRAINED') or a hub id ('org/name')"
-    if not aliases:
-        kinds = "a directory or a hub id ('org/name')"
+    forms = ["a directory", *(["a registered alias"] if aliases else []),
+             *(["an open_clip tag ('ARCH/PRETRAINED')"] if open_clip_tags else []), "a hub id ('org/name')"]  # fmt: skip
+    kinds = ", ".join(forms[:-1]) + " or " + forms[-1]
     raise ModelNotFoundError(
         f"unknown {what} {name!r}: not {kinds}."
         + (f" Did you mean: {', '.join(hint)}?" if hint else " Run `visionfm models` for the list." if aliases else "")

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dit import (
-    DiTEncoder,
-    _check_int,
-    _load_scheduler,
-    _read_json,
+from .diffusion import (
+    DenoiserEncoder,
+    check_int,
     denoiser_info,
     ensemble_features,
+    load_scheduler,
+    read_json_or_none,
     run_denoiser_blocks,
 )
 from .encoder import Encoder
@@ -79,7 +79,7 @@ def _is_pixart_transformer_config(cfg: dict[str, Any] | None) -> bool:
 
 
 def _variant(path: Path) -> str:
-    index = _read_json(path / "model_index.json") or {}
+    index = read_json_or_none(path / "model_index.json") or {}
     return _PIPELINES.get(str(index.get("_class_name")), "alpha")
 
 
@@ -91,7 +91,7 @@ def detect(path: Path) -> str | None:
     and ``tokenizer/`` folders.
     """
     path = Path(path)
-    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else None
+    index = read_json_or_none(path / "model_index.json") if (path / "model_index.json").is_file() else None
     if index is not None and index.get("_class_name") in _PIPELINES:
         return "diffusers"
     cfg_path = path / "transformer" / "config.json"
@@ -99,13 +99,13 @@ def detect(path: Path) -> str | None:
         cfg_path.is_file()
         and (path / "text_encoder").is_dir()
         and (path / "tokenizer").is_dir()
-        and _is_pixart_transformer_config(_read_json(cfg_path))
+        and _is_pixart_transformer_config(read_json_or_none(cfg_path))
     ):
         return "diffusers"
     return None
 
 
-class PixArtEncoder(Encoder, Generator):
+class PixArtEncoder(Encoder, DenoiserEncoder, Generator):
     """A diffusers PixArt-α/Σ pipeline behind the :class:`Features` contract.
 
     Attributes:
@@ -123,8 +123,6 @@ class PixArtEncoder(Encoder, Generator):
     """
 
     # The VAE and noise pieces are DiT's, unchanged (they read self.vae, self.noise_seed, self.ensemble).
-    encode_latents = DiTEncoder.encode_latents
-    noise = DiTEncoder.noise
 
     conditioning = "text"  # the Generator interface (visionfm.foundation.generator)
 
@@ -162,10 +160,10 @@ class PixArtEncoder(Encoder, Generator):
         if unknown:
             raise TypeError(f"unknown PixArt option(s) {unknown}; valid options: {sorted(PIXART_OPTIONS)}")
         n_train = int(self.noise_scheduler.config.num_train_timesteps)
-        _check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
-        _check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
-        _check_int("noise_seed", opts["noise_seed"])
-        _check_int("ensemble", opts["ensemble"], lo=1)
+        check_int("timestep", opts["timestep"], lo=0, hi=n_train - 1)
+        check_int("layer", opts["layer"], lo=-num_layers, hi=num_layers - 1, none_ok=True)
+        check_int("noise_seed", opts["noise_seed"])
+        check_int("ensemble", opts["ensemble"], lo=1)
         if not isinstance(opts["prompt"], str):
             raise TypeError(f"PixArt option prompt= must be a str, got {opts['prompt']!r}")
         self.timestep: int = opts["timestep"]
@@ -278,7 +276,7 @@ def build(req: LoadRequest) -> PixArtEncoder:
     transformer = PixArtTransformer2DModel.from_pretrained(str(path), subfolder="transformer", use_safetensors=use_st)
     text_encoder = T5EncoderModel.from_pretrained(str(path / "text_encoder"), use_safetensors=use_st)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    scheduler = _load_scheduler(path)
+    scheduler = load_scheduler(path)
     variant = _variant(path)
     logger.debug("PixArt-%s %s: transformer %s, scheduler %s", variant, req.name, transformer.config, scheduler)
     return PixArtEncoder(vae, transformer, text_encoder, tokenizer, scheduler, name=req.name,

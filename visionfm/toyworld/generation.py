@@ -31,7 +31,7 @@ from ..eval.keys import model_fingerprint
 from ..eval.runner import Runner
 from ..eval.suite import Suite
 from ..eval.tasks import run_task
-from ..foundation.dit import _load_scheduler as load_scheduler
+from ..foundation.diffusion import load_scheduler
 from ..foundation.dit import save_pixel_dit
 from ..foundation.loading import load_encoder
 from ..pipelines.base import pipeline
