@@ -9,7 +9,9 @@ directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
 :func:`load_adapter` puts one back on a freshly loaded encoder; :func:`merge` folds the adapter into
 the base weights (``merge_and_unload``) and leaves a plain encoder.
 
-Target groups per family (module names relative to :func:`base_module`, ``*`` = block index):
+Target groups per family (module names relative to :func:`base_module`, ``*`` = block index). Each family declares
+its own in its module (``Family.peft_layout``, a :class:`~visionfm.foundation.registry.TargetLayout`); this module
+holds none:
 
 ======================== ================================================== ===========================================
 family / backend         ``"attention"``                                    ``"mlp"``

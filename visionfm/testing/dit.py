@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ._registry import tiny_writer
 
@@ -20,7 +21,7 @@ def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:
         path: directory to write into (created if missing).
         backend: only ``"diffusers"``.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     if backend != "diffusers":
         raise ValueError(f"tiny DiT checkpoints exist for backend 'diffusers' only, got {backend!r}")
@@ -36,7 +37,21 @@ def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:
         num_embeds_ada_norm=1000,
         norm_type="ada_norm_zero",
     )
-    vae = AutoencoderKL(
+    vae = tiny_vae()
+    id2label = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "tabby, tabby cat", "3": "golden retriever"}
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(), id2label=id2label)
+    pipe.register_to_config(id2label=id2label)  # kept in model_index.json, as in the hub's DiT repos
+    pipe.save_pretrained(str(path), safe_serialization=True)
+
+
+__all__ = ["write_tiny_dit"]
+
+
+def tiny_vae() -> Any:
+    """A tiny random ``AutoencoderKL`` (2 blocks, 8/16 channels, 4 latent channels, scale 2) for DiT and PixArt."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -47,10 +62,3 @@ def write_tiny_dit(path: Path, backend: str = "diffusers") -> None:
         norm_num_groups=4,
         sample_size=16,
     )
-    id2label = {"0": "tench, Tinca tinca", "1": "goldfish", "2": "tabby, tabby cat", "3": "golden retriever"}
-    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(), id2label=id2label)
-    pipe.register_to_config(id2label=id2label)  # kept in model_index.json, as in the hub's DiT repos
-    pipe.save_pretrained(str(path), safe_serialization=True)
-
-
-__all__ = ["write_tiny_dit"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ._registry import tiny_writer
+from .dit import tiny_vae
 
 
 def _tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
@@ -70,7 +71,7 @@ def write_tiny_pixart(path: Path, backend: str = "diffusers") -> None:
     """
     import tempfile
 
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     if backend != "diffusers":
@@ -98,17 +99,7 @@ def write_tiny_pixart(path: Path, backend: str = "diffusers") -> None:
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                                scheduler=DPMSolverMultistepScheduler())  # fmt: skip
     pipe.save_pretrained(str(path), safe_serialization=True)
