@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import open_clip
 import pytest
-import torch
 
-import visionfm as vfm
-from visionfm.cli import main
 from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
 from visionfm.training.recipes import apply_overrides, load_recipe, recipe_hash, run_recipe
 
@@ -33,51 +29,3 @@ def test_recipe_errors():
         run_recipe({"task": "nope"})
     with pytest.raises(ValueError, match="unknown train option"):
         run_recipe(load_recipe("toyworld_clip", [*TINY, "train.bogus=1", "train.output_dir=/tmp/x"]))
-
-
-def test_clip_pretrain_output_loads_like_any_clip(tmp_path, photos):
-    out = tmp_path / "run"
-    assert main(["train", "recipes/toyworld_clip.yaml", *TINY, f"train.output_dir={out}"]) == 0
-    enc = vfm.load_encoder(out, device="cpu")
-    assert enc.info.backend == "open_clip" and enc.info.image_size == (64, 64)
-    ref, preprocess = open_clip.create_model_from_pretrained(f"local-dir:{out}")
-    tok = open_clip.get_tokenizer(f"local-dir:{out}")
-    assert tok.context_length == 24  # the recipe's context length, with the real open_clip BPE
-    with torch.no_grad():
-        from PIL import Image
-
-        pixels = torch.stack([preprocess(Image.fromarray(p)) for p in photos[:2]])
-        torch.testing.assert_close(enc.encode(photos[:2]).pooled, ref.eval().encode_image(pixels), atol=1e-4, rtol=0)
-        torch.testing.assert_close(
-            enc.encode_text(["a red circle"]), ref.encode_text(tok(["a red circle"])), atol=1e-4, rtol=0
-        )
-    rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4 and (out / "checkpoints" / "step_00000004").is_dir()
-
-
-def test_grayscale_augmentation_pairs_grey_images_with_shape_only_captions():
-    from visionfm.foundation.preprocess import PreprocessConfig
-    from visionfm.toyworld.clip_pretrain import ToyCaptionDataset
-    from visionfm.toyworld.world import COLOURS, ToyWorld
-
-    seen: list[str] = []
-
-    def tokenizer(caps):
-        seen.extend(caps)
-        return torch.zeros(len(caps), 4, dtype=torch.long)
-
-    pp = PreprocessConfig(resize="none", resize_size=None, crop_size=None, mean=(0.0,) * 3, std=(1.0,) * 3, rescale=1.0)
-    world = ToyWorld("train", 40, max_objects=3)
-    grey = ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=1.0)
-    for i in range(len(world)):
-        pixels, _ = grey[i]
-        assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
-        words = set(seen[-1].replace(",", " ").split())
-        assert not words & set(COLOURS), seen[-1]
-        assert {o.shape for o in world[i].objects} <= words
-    colour = ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=0.0)
-    pixels, _ = colour[3]
-    assert torch.equal(pixels.permute(1, 2, 0).to(torch.uint8), torch.from_numpy(world[3].image))
-    assert seen[-1] in world[3].captions
-    with pytest.raises(ValueError, match="grayscale_prob"):
-        ToyCaptionDataset(world, tokenizer, pp, grayscale_prob=1.5)
