@@ -172,3 +172,46 @@ def test_open_clip_resnet_tower_parity(tiny_root, photos):
     assert feats.layers[0].shape[1:3] == (16, 16) and torch.equal(feats.layers[3], feats.patches)
     with pytest.raises(ValueError, match="no transformers CLIPModel equivalent"):
         convert_checkpoint(d, tiny_root / "rn-hf", to="transformers")
+
+
+# -- texts longer than the text context -----------------------------------------------------------------
+def _token_count(enc, text: str) -> int:
+    """Tokens of ``text`` (special tokens included), from the backend's own tokenizer, without truncation."""
+    if enc.info.backend == "open_clip":
+        return len(enc.tokenizer.encode(text)) + 2  # <start> ... <end>
+    return len(enc.tokenizer(text)["input_ids"])
+
+
+@pytest.mark.parametrize(("which", "context"), [("open_clip", 77), ("transformers", 77), ("siglip", 64)])
+def test_texts_longer_than_the_context_are_reported_and_warned(which, context, oc_dir, hf_dir, siglip_dir, caplog):
+    import logging
+
+    enc = vfm.load_encoder({"open_clip": oc_dir, "transformers": hf_dir, "siglip": siglip_dir}[which], device="cpu")
+    assert enc.context_length == context
+    n = 1
+    while _token_count(enc, "a " * n + "cat") <= context:
+        n += 1
+    fits, over = "a " * (n - 1) + "cat", "a " * n + "cat"  # exactly the context, and one token more
+    assert _token_count(enc, fits) == context and _token_count(enc, over) > context
+    assert enc.overlong_texts([fits, over, "a cat"]) == [over]
+    ours = "visionfm.foundation.clip.encoders"
+    with caplog.at_level(logging.WARNING, logger=ours):
+        caplog.clear()
+        enc.encode_text([fits, "a cat"])
+        assert not [r for r in caplog.records if r.name == ours]
+        a = enc.encode_text([over, over + " and a dog"])
+    assert torch.equal(a[0], a[1])  # both are cut inside the first: the same embedding, why it is reported
+    (msg,) = [r.getMessage() for r in caplog.records if r.name == ours]
+    assert f"2 of 2 texts are longer than the {context}-token text context" in msg and "truncated" in msg
+    assert "'a a a a" in msg and "a a a cat'" in msg and "cat and a dog'" in msg
+
+
+@pytest.mark.parametrize("which", ["open_clip", "transformers"])
+def test_text_classifier_refuses_truncated_prompts(which, oc_dir, hf_dir):
+    from visionfm.foundation.zero_shot import text_classifier
+
+    enc = vfm.load_encoder(oc_dir if which == "open_clip" else hf_dir, device="cpu")
+    long = "a photo of " + "a very " * 40
+    with pytest.raises(ValueError, match=r"77-token text context of .*'a photo of a very.*red cat'"):
+        text_classifier(enc, [long + "red cat", long + "blue cat", "a dog"], "a photo of a {}.")
+    assert text_classifier(enc, ["red cat", "blue cat"], "a photo of a {}.").shape == (2, enc.info.embed_dim)

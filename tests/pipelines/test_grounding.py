@@ -93,7 +93,7 @@ def test_errors(clip, photos):
     with pytest.raises(ValueError, match="phrases"):
         gr(photos[0])
     with pytest.raises(ValueError, match="phrases"):
-        gr(photos[0], phrases="a cat")
+        gr(photos[0], phrases=[])
     with pytest.raises(ValueError, match="text_threshold"):
         gr(photos[0], phrases=PHRASES, text_threshold=0.3)
     with pytest.raises(ValueError, match="mode"):
@@ -136,3 +136,44 @@ def test_detector_boxes_refined_by_sam_and_rescored(tiny_root, photos):
         plain(img, phrases=["a cat"], cos_thresh=0.2)
     with pytest.raises(ValueError, match="pamr"):
         vfm.pipeline("grounding", model=str(det_path), device="cpu", refine="pamr")
+
+
+# -- input checks --------------------------------------------------------------------------------------
+LONG_PHRASE = "a photo of " + "a very " * 40  # past CLIP's 77 tokens (and the tiny OWLv2's 16)
+
+
+@pytest.fixture(scope="module")
+def owl(tiny_root):
+    return vfm.pipeline("grounding", model=str(tiny_checkpoint("owlv2", root=tiny_root)), device="cpu", nms_thresh=1.0)
+
+
+def test_a_phrase_string_is_one_phrase(clip, owl, photos):
+    gr = vfm.pipeline("grounding", model=clip, templates="single")
+    one = gr(photos[0], phrases="the red mug", threshold=0.0, cos_thresh=-1.0)
+    assert one.phrases == ["the red mug"] and len(one) > 0 and (one.labels == 0).all()
+    det = owl(photos[0], phrases="a cat", threshold=0.0)
+    assert det.phrases == ["a cat"] and len(det) > 0 and (det.labels == 0).all()
+
+
+def test_duplicate_phrases_are_rejected(clip, owl, photos):
+    gr = vfm.pipeline("grounding", model=clip, templates="single")
+    with pytest.raises(ValueError, match=r"phrases must be unique.*'A Cat'"):
+        gr(photos[0], phrases=["a cat", "a laptop", "A Cat"])
+    with pytest.raises(ValueError, match=r"phrases must be unique.*'a cat'"):
+        owl(photos[0], phrases=["a cat", "a cat"])
+
+
+def test_phrases_too_long_for_the_text_tower_are_refused(clip, owl, photos):
+    gr = vfm.pipeline("grounding", model=clip, templates="single")
+    with pytest.raises(ValueError, match=r"77-token text context.*very red mug"):
+        gr(photos[0], phrases=[LONG_PHRASE + "red mug", LONG_PHRASE + "blue mug"])
+    with pytest.raises(ValueError, match=r"16-token text context.*very red mug"):
+        owl(photos[0], phrases=[LONG_PHRASE + "red mug", "a cat"])
+
+
+def test_bad_phrases_and_thresholds_are_named(clip, photos):
+    gr = vfm.pipeline("grounding", model=clip, templates="single")
+    with pytest.raises(ValueError, match=r"phrases\[1\] = ' ; ' has no class name"):
+        gr(photos[0], phrases=["a cat", " ; "])
+    with pytest.raises(ValueError, match=r"^cos_thresh must be in \[-1, 1\]"):
+        gr(photos[0], phrases=PHRASES, cos_thresh=1.5)

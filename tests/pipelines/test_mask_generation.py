@@ -210,3 +210,47 @@ def test_full_size_mask_prompts(sam, photos):
         sam(img, masks=np.zeros((1, 10, 10), dtype=bool))
     with pytest.raises(ValueError, match="one mask per prompt"):
         sam(img, points=[[10, 10], [20, 20]], masks=m)
+
+
+# -- input checks --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("pred_iou_thresh", -0.1),
+        ("pred_iou_thresh", 1.5),
+        ("stability_score_thresh", 2.0),
+        ("stability_score_thresh", float("nan")),
+        ("nms_thresh", -0.5),
+        ("nms_thresh", 1.01),
+    ],
+)
+def test_automatic_thresholds_outside_0_1_are_refused(sam, photos, option, value):
+    with pytest.raises(ValueError, match=rf"^{option} must be in \[0, 1\]"):
+        sam(photos[0], points_per_side=2, **{option: value})
+
+
+_NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "pattern"),
+    [  # photos[1] is 300 (H) x 451 (W)
+        (dict(points=[[10, 10], [452, 5]]), r"points\[1\] = \(452.0, 5.0\) is outside the 451 x 300 image"),
+        (dict(points=[[-3, 5]]), r"points\[0\] = \(-3.0, 5.0\) is outside"),
+        (dict(points=[[10, 10], [5, 300.5]]), r"points\[1\] .* is outside"),
+        (dict(points=[[[10, 10], [20, 999]]], point_labels=[[1, 0]]), r"points\[0\]\[1\] = \(20.0, 999.0\) is outside"),
+        (dict(points=[[10, 10], [10, _NAN]]), r"points\[1\] = \(10.0, nan\) is not finite"),
+        (dict(boxes=[[0, 0, 50, 50], [60, 10, 20, 40]]), r"boxes\[1\] = \[60.0, 10.0, 20.0, 40.0\] is inverted"),
+        (dict(boxes=[[0, 40, 50, 10]]), r"boxes\[0\] .* is inverted \(y1 < y0\)"),
+        (dict(boxes=[[0, 0, _NAN, 10]]), r"boxes\[0\] .* is not finite"),
+    ],
+)
+def test_bad_points_and_boxes_are_named(sam, photos, prompt, pattern):
+    assert photos[1].shape[:2] == (300, 451)
+    with pytest.raises(ValueError, match=pattern):
+        sam(photos[1], **prompt)
+
+
+def test_points_on_the_image_border_are_accepted(sam, photos):
+    res = sam(photos[1], points=[[0, 0], [451, 300]], boxes=[[0, 0, 451, 300], [10, 10, 10, 40]])
+    assert len(res) == 2  # the border is inside; a zero-width box is degenerate but not inverted

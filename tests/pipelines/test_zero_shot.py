@@ -159,3 +159,57 @@ def test_accepts_a_datasets_column_and_a_generator(hf_clip, photos):
     from_gen = clf((p for p in photos[:3]), labels=LABELS, top_k=1)
     assert len(from_column) == len(from_gen) == 3
     assert [r[0]["label"] for r in from_column] == [r[0]["label"] for r in from_gen]
+
+
+# -- input checks --------------------------------------------------------------------------------------
+LONG_PROMPT = "a photo of " + "a very " * 40  # far past CLIP's 77 and SigLIP's 64 tokens
+
+
+def test_a_label_string_is_one_label(hf_clip, photos, tmp_path):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    one = clf(photos[0], labels="red circle")
+    assert [d["label"] for d in one] == ["red circle"] and one[0]["score"] == pytest.approx(1.0)
+    path = clf.save_classifier(tmp_path / "one.safetensors", "red circle")
+    assert clf.load_classifier(path)[0] == ["red circle"]
+
+
+def test_a_prompt_string_is_one_prompt(hf_clip, photos):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    got = clf(photos[0], labels=LABELS, multi_label=True, negative_prompts="a photo.")
+    want = clf(photos[0], labels=LABELS, multi_label=True, negative_prompts=["a photo."])
+    assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-6)
+    per_label = {label: f"a photo of {label}" for label in LABELS}  # one prompt per label, as a plain string
+    got = clf(photos[0], labels=LABELS, templates=per_label)
+    want = clf(photos[0], labels=LABELS, templates={k: [v] for k, v in per_label.items()})
+    assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("labels", "named"), [(["a cat", "a dog", "a cat"], "'a cat'"), (["a cat", "a dog", "A  Cat"], "'A  Cat'")]
+)
+def test_duplicate_labels_are_rejected(hf_clip, photos, tmp_path, labels, named):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    with pytest.raises(ValueError, match=rf"labels must be unique.*{named}"):
+        clf(photos[0], labels=labels)
+    with pytest.raises(ValueError, match=rf"labels must be unique.*{named}"):
+        clf.save_classifier(tmp_path / "dup.safetensors", labels)
+
+
+@pytest.mark.parametrize(("kind", "context"), [("clip", 77), ("siglip", 64)])
+def test_labels_whose_prompts_are_truncated_are_refused(kind, context, hf_clip, siglip, photos):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip if kind == "clip" else siglip), device="cpu")
+    labels = [LONG_PROMPT + "red cat", LONG_PROMPT + "blue cat", "a dog"]  # the first two differ only after the cut
+    with pytest.raises(ValueError, match=rf"{context}-token text context.*'a photo of a very a very.*red cat'"):
+        clf(photos[0], labels=labels)
+    if kind == "clip":  # CLIP's multi-label scores embed the negative prompts too (SigLIP's need none)
+        with pytest.raises(ValueError, match=rf"{context}-token"):
+            clf(photos[0], labels=["a dog", "a cat"], multi_label=True, negative_prompts=[LONG_PROMPT])
+    assert len(clf(photos[0], labels=["a dog", "a cat"])) == 2  # short labels are fine
+
+
+@pytest.mark.parametrize(("top_k", "error"), [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_top_k_must_be_a_positive_integer(hf_clip, photos, top_k, error):
+    clf = vfm.pipeline("zero-shot-classification", model=str(hf_clip), device="cpu")
+    with pytest.raises(error, match="top_k"):
+        clf(photos[0], labels=LABELS, top_k=top_k)
+    assert len(clf(photos[0], labels=LABELS, top_k=99)) == len(LABELS)  # more than there are: all of them

@@ -101,7 +101,7 @@ def test_result_shapes_background_and_outputs(clip, photos, tmp_path):
     assert d["protocol"]["mode"] == "clearclip" and d["protocol"]["window"] == 48
     assert d["protocol"]["short_side"] == 72 and d["protocol"]["templates"] == "simple"
     assert out.overlay(img).size == (img.shape[1], img.shape[0])
-    none = seg(img, labels=LABELS, prob_thresh=1.01)  # no label is ever that sure: all background
+    none = seg(img, labels=LABELS, prob_thresh=1.0)  # no label of a random tiny CLIP is that sure: all background
     assert (none.label_map == 0).all()
     alls = seg(img, labels=LABELS, cos_thresh=-1.0)  # every cosine clears -1: no background
     assert (alls.label_map > 0).all()
@@ -211,3 +211,84 @@ def test_errors(clip, tiny_root, photos):
         seg(photos[0], labels=["cat", "cat"])
     with pytest.raises(ValueError, match="reserved"):
         seg(photos[0], labels=["cat", "background"], background=True)
+
+
+# -- input checks --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_seg(clip):
+    return vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single", short_side=48)
+
+
+def test_a_label_string_is_one_class(small_seg, photos):
+    one = small_seg(photos[0], labels="cat; kitten", background=True)
+    assert one.labels == ["background", "cat"]
+    want = small_seg(photos[0], labels=["cat; kitten"], background=True)
+    assert torch.equal(one.probs, want.probs)
+
+
+def test_a_synonym_string_is_one_synonym(small_seg, photos):
+    got = small_seg(photos[0], labels=["cat", "sofa"], synonyms={"cat": "kitten"})
+    want = small_seg(photos[0], labels=["cat; kitten", "sofa"])
+    assert got.labels == ["cat", "sofa"] and torch.equal(got.probs, want.probs)
+
+
+@pytest.mark.parametrize(
+    ("labels", "options", "named"),
+    [
+        (["cat", "sofa", "Cat"], {}, "'Cat'"),  # CLIP's tokenizer lower-cases: the same text twice
+        (["sofa; couch", "couch"], {}, "'couch'"),  # a synonym of one class is another class
+        (["sofa", "chair"], {"synonyms": {"sofa": ["seat"], "chair": ["seat"]}}, "'seat'"),
+        (["sky", "cat"], {"background": "sky"}, "'sky'"),  # a background name is also a class
+    ],
+)
+def test_the_same_text_for_two_classes_is_rejected(small_seg, photos, labels, options, named):
+    with pytest.raises(ValueError, match=rf"labels must be unique.*{named}"):
+        small_seg(photos[0], labels=labels, **options)
+
+
+@pytest.mark.parametrize("labels", [[";"], ["cat", " ; "], ";;", ["cat", "; ;"]])
+def test_a_label_of_only_separators_is_refused(small_seg, photos, labels):
+    with pytest.raises(ValueError, match=r"labels\[\d\] = .* has no class name"):
+        small_seg(photos[0], labels=labels)
+
+
+def test_labels_whose_prompts_are_truncated_are_refused(small_seg, photos):
+    long = "a photo of " + "a very " * 40
+    with pytest.raises(ValueError, match=r"77-token text context.*very red cat"):
+        small_seg(photos[0], labels=[long + "red cat", long + "blue cat"])
+    with pytest.raises(ValueError, match=r"77-token text context.*very big sofa"):
+        small_seg(photos[0], labels=["cat", "sofa"], synonyms={"sofa": [long + "big sofa"]})
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"prob_thresh": -0.1}, "prob_thresh"),
+        ({"prob_thresh": 1.5}, "prob_thresh"),
+        ({"prob_thresh": float("nan")}, "prob_thresh"),
+        ({"cos_thresh": 1.5}, "cos_thresh"),
+        ({"cos_thresh": -1.01}, "cos_thresh"),
+        ({"stride": 0}, "stride"),
+        ({"stride": -8}, "stride"),
+        ({"window": 0}, "window"),
+        ({"window": -48}, "window"),
+        ({"short_side": 0}, "short_side"),
+        ({"short_side": -10}, "short_side"),
+    ],
+)
+def test_out_of_range_settings_are_refused_at_construction(clip, options, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        vfm.pipeline("zero-shot-seg", model=clip, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"prob_thresh": 1.01}, "prob_thresh"),
+        ({"prob_thresh": -1.0}, "prob_thresh"),
+        ({"cos_thresh": 2.0}, "cos_thresh"),
+    ],
+)
+def test_out_of_range_thresholds_are_refused_at_call_time(small_seg, photos, options, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        small_seg(photos[0], labels=LABELS, **options)

@@ -12,6 +12,10 @@ Two backends behind one call, ``gr(images, phrases=[...], threshold=0.1)``:
 With ``refine=`` a SAM model, each box becomes a SAM box prompt and its mask; scores are multiplied by SAM's
 predicted mask IoU (mask-quality rescoring). Then per-phrase NMS and the score ``threshold``. Boxes are xyxy in
 original pixels; results follow transformers' ``zero-shot-object-detection`` format in ``to_dict()``.
+
+Phrases: one string is one phrase; phrases must be unique (ignoring case and extra spaces) and fit the text
+tower's context (77 tokens for CLIP, 16 for OWL-ViT / OWLv2, Grounding DINO's ``max_text_len`` for its joined
+prompt): a truncated phrase is refused rather than scored on its first tokens only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.masks import mask_to_rle
 from ..foundation.encoder import Encoder
+from ..foundation.zero_shot import check_labels
 from .base import _LOAD_OPTIONS, Pipeline, register_pipeline
 
 logger = logging.getLogger(__name__)
@@ -242,17 +247,21 @@ class GroundingPipeline(Pipeline):
 
         from ..data.images import to_uint8_chw
 
-        if not phrases or isinstance(phrases, str) or not all(isinstance(p, str) and p.strip() for p in phrases):
-            raise ValueError(f"grounding needs phrases=[...], a non-empty list of non-empty strings; got {phrases!r}")
-        phrases = list(phrases)
+        if phrases is None:
+            raise ValueError("grounding needs phrases=[...], the things to find (one string is one phrase)")
+        phrases = check_labels(phrases, "phrases")
         pixels = [to_uint8_chw(im, name=f"images[{i}]") for i, im in enumerate(images)]
         if self.seg is not None:
+            from .zero_shot_seg import _parse_labels
+
             if text_threshold is not None:
                 raise ValueError("text_threshold applies to Grounding DINO; the CLIP backend has one threshold")
+            _parse_labels(phrases, None, name="phrases")  # errors that name phrases, before any image runs
             raw = [self._training_free(px, phrases, cos_thresh) for px in pixels]
         else:
             if cos_thresh is not None:
                 raise ValueError("cos_thresh applies to the training-free (CLIP) backend")
+            self._refuse_truncated(phrases)
             dets = self.detector.detect(
                 pixels, phrases, threshold=threshold,  # SAM rescoring only lowers scores: pre-filtering is exact
                 text_threshold=text_threshold, batch_size=self.batch_size,
@@ -277,6 +286,21 @@ class GroundingPipeline(Pipeline):
                 )
             )  # fmt: skip
         return results
+
+    def _refuse_truncated(self, phrases: list[str]) -> None:
+        """OWL-ViT / OWLv2 read each phrase alone, cut to the text tower's length: refuse longer ones. (Grounding
+        DINO's detector refuses a joined prompt over ``max_text_len`` itself.)"""
+        if self.detector.kind == "grounding-dino":
+            return
+        tok = self.detector.processor.tokenizer
+        n = int(self.detector.model.config.text_config.max_position_embeddings)
+        cut = [p for p, ids in zip(phrases, tok(phrases, verbose=False)["input_ids"]) if len(ids) > n]
+        if cut:
+            raise ValueError(
+                f"{len(cut)} phrase(s) are longer than the {n}-token text context of the {self.detector.kind} "
+                f"detector: they would be truncated, and phrases that differ only after the cut would get identical "
+                f"scores. Shorten them: {', '.join(map(repr, cut))}"
+            )
 
     def _training_free(
         self, pixels: torch.Tensor, phrases: list[str], cos_thresh: float | None

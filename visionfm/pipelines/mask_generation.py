@@ -112,6 +112,47 @@ def crop_boxes(
     return out
 
 
+def _check_unit(name: str, value: Any) -> float:
+    """A threshold in [0, 1] (as SAM's), or a ValueError naming it."""
+    v = float(value)
+    if math.isnan(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def _index(i: int, j: int | None) -> str:
+    return f"[{i}]" if j is None else f"[{i}][{j}]"
+
+
+def _check_points(pts: torch.Tensor, labels: torch.Tensor, size: tuple[int, int], nested: bool) -> None:
+    """Points ``[N, P, 2]`` (x, y) in original pixels: finite, and inside the ``(H, W)`` image (its border
+    included) unless their label is negative (SAM's padding / not-a-point); errors name the point by index."""
+    H, W = size
+    for i, j in torch.nonzero(~torch.isfinite(pts).all(-1)).tolist():
+        x, y = pts[i, j].tolist()
+        raise ValueError(f"points{_index(i, j if nested else None)} = ({x}, {y}) is not finite")
+    x, y = pts[..., 0], pts[..., 1]
+    outside = ((x < 0) | (x > W) | (y < 0) | (y > H)) & (labels >= 0)
+    for i, j in torch.nonzero(outside).tolist():
+        px, py = pts[i, j].tolist()
+        raise ValueError(
+            f"points{_index(i, j if nested else None)} = ({px}, {py}) is outside the {W} x {H} image "
+            f"(points are pixel (x, y) with 0 <= x <= {W}, 0 <= y <= {H})"
+        )
+
+
+def _check_boxes(bx: torch.Tensor) -> None:
+    """Boxes ``[N, 4]`` xyxy: finite and not inverted; errors name the box by index."""
+    for i, b in enumerate(bx.tolist()):
+        if not all(math.isfinite(v) for v in b):
+            raise ValueError(f"boxes[{i}] = {b} is not finite")
+        if b[2] < b[0] or b[3] < b[1]:
+            which = " and ".join(w for w, bad in (("x1 < x0", b[2] < b[0]), ("y1 < y0", b[3] < b[1])) if bad)
+            raise ValueError(
+                f"boxes[{i}] = {b} is inverted ({which}); boxes are [x0, y0, x1, y1] with x0 <= x1, y0 <= y1"
+            )
+
+
 def _near_crop_edge(boxes: torch.Tensor, crop: tuple[int, int, int, int], size: tuple[int, int], atol: float = 20.0):
     """``[N]`` bool: boxes (crop pixels) touching the crop's border where that border is not the image's."""
     x0, y0 = crop[0], crop[1]
@@ -202,11 +243,12 @@ class MaskGenerationPipeline(Pipeline):
             image: one image (anything :func:`visionfm.data.images.to_uint8_chw` reads).
             points_per_side: grid points per side of the whole image (layer 0).
             points_per_batch: prompts per mask-decoder call.
-            pred_iou_thresh: keep masks whose predicted IoU is above this (0 keeps all).
-            stability_score_thresh: keep masks whose :func:`stability_score` is above this (0 keeps all).
+            pred_iou_thresh: keep masks whose predicted IoU is above this (0 keeps all); in [0, 1].
+            stability_score_thresh: keep masks whose :func:`stability_score` is above this (0 keeps all); in
+                [0, 1].
             stability_score_offset: logit offset of the stability score.
             mask_threshold: logit threshold that binarises masks.
-            nms_thresh: box IoU above which the lower-scored mask is dropped (across all crops).
+            nms_thresh: box IoU above which the lower-scored mask is dropped (across all crops); in [0, 1].
             crops_n_layers: extra crop layers; layer ``i`` (1-based) cuts the image into ``2**i × 2**i``
                 overlapping crops, each encoded on its own, so small objects get more pixels.
             crop_overlap_ratio: overlap of neighbouring layer-1 crops as a fraction of the short side.
@@ -225,6 +267,9 @@ class MaskGenerationPipeline(Pipeline):
             )
         if crops_n_layers < 0 or crop_n_points_downscale_factor < 1:
             raise ValueError("crops_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
+        pred_iou_thresh = _check_unit("pred_iou_thresh", pred_iou_thresh)
+        stability_score_thresh = _check_unit("stability_score_thresh", stability_score_thresh)
+        nms_thresh = _check_unit("nms_thresh", nms_thresh)
         pixels = to_uint8_chw(image)
         H, W = pixels.shape[-2:]
         kept_masks, kept_scores, kept_boxes = [], [], []
@@ -303,13 +348,15 @@ class MaskGenerationPipeline(Pipeline):
         return masks, torch.cat(out_s), torch.from_numpy(masks_to_boxes(masks.numpy()))
 
     def _prompt(self, image, points, point_labels, boxes, mask_input, multimask, threshold) -> MaskResult:
-        emb, (H, W), (h, w) = self.embed(image)
-        dev = emb.device
-        sx, sy = w / W, h / H
+        from ..data.images import to_uint8_chw
+
+        pixels = to_uint8_chw(image)
+        H, W = pixels.shape[-2:]
         kw: dict[str, Any] = {}
         n = None
         if points is not None:
             pts = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float32)
+            nested = pts.ndim == 3
             if pts.ndim == 2:
                 pts = pts[:, None, :]  # [N, 1, 2]: one point per prompt
             if pts.ndim != 3 or pts.shape[-1] != 2:
@@ -325,15 +372,24 @@ class MaskGenerationPipeline(Pipeline):
                 raise ValueError(
                     f"point_labels shape {tuple(labels.shape)} does not match points {tuple(pts.shape[:2])}"
                 )
-            pts = pts * torch.tensor([sx, sy])
-            kw.update(input_points=pts[None].to(dev), input_labels=labels[None].to(dev))
+            _check_points(pts, labels, (H, W), nested)
+            kw.update(input_points=pts, input_labels=labels)
             n = pts.shape[0]
         if boxes is not None:
             bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64), dtype=torch.float32).reshape(-1, 4)
             if n is not None and bx.shape[0] != n:
                 raise ValueError(f"{bx.shape[0]} boxes and {n} point prompts: give one box per prompt")
-            kw["input_boxes"] = (bx * torch.tensor([sx, sy, sx, sy]))[None].to(dev)
+            _check_boxes(bx)
+            kw["input_boxes"] = bx
             n = bx.shape[0]
+        emb, _, (h, w) = self.embed(pixels)  # after the prompt checks: a bad prompt costs no encoder run
+        dev = emb.device
+        sx, sy = w / W, h / H
+        if "input_points" in kw:
+            kw.update(input_points=(kw["input_points"] * torch.tensor([sx, sy]))[None].to(dev))
+            kw.update(input_labels=kw["input_labels"][None].to(dev))
+        if "input_boxes" in kw:
+            kw["input_boxes"] = (kw["input_boxes"] * torch.tensor([sx, sy, sx, sy]))[None].to(dev)
         model = self.encoder.model
         emb = emb.to(self.encoder.dtype)
         if mask_input is not None:

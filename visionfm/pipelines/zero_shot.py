@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..foundation.zero_shot import (  # noqa: F401  (re-exported: the pipeline's
     SIMPLE_TEMPLATES,
     Template,
     Templates,
+    check_labels,
     class_logits,
     classify,
     template_set,
@@ -44,6 +46,11 @@ class ZeroShotClassificationPipeline(Pipeline):
     against a generic "something" class, ``p = softmax([s_label, s_neg])[0]`` with ``s = logit_scale * cos``,
     where the negative class embeds ``negative_prompts`` (default :data:`NEGATIVE_PROMPTS`). A label's score
     then does not depend on which other labels are asked for.
+
+    Labels: one string is one label; labels must be unique (ignoring case and extra spaces, as CLIP's tokenizer
+    reads them) and each prompt must fit the text tower's context (77 tokens for CLIP, 64 for SigLIP): a
+    truncated prompt would give labels that differ only after the cut identical scores. ``top_k`` is a positive
+    integer (more than the number of labels gives all of them) or ``None`` for all.
     """
 
     default_model = "clip-vit-b-16"
@@ -64,7 +71,9 @@ class ZeroShotClassificationPipeline(Pipeline):
         return getattr(self.encoder, "logit_bias", None) is not None
 
     def class_weights(self, labels: Sequence[str], templates: Templates | None = None) -> torch.Tensor:
-        """``[K, D]`` class weights for ``labels``, from the LRU cache when already computed."""
+        """``[K, D]`` class weights for ``labels`` (one string is one label; duplicates are refused), from the LRU
+        cache when already computed."""
+        labels = check_labels(labels)
         templates = self.templates if templates is None else templates
         key = (tuple(labels), _templates_key(templates))
         if key in self._cache:
@@ -81,6 +90,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         """Write the class weights for ``labels`` to a safetensors file (labels and model in its metadata)."""
         from safetensors.torch import save_file
 
+        labels = check_labels(labels)
         w = self.class_weights(labels, templates).detach().cpu().contiguous()
         meta = {"labels": json.dumps(list(labels)), "model": self.encoder.info.name, "embed_dim": str(w.shape[1])}
         save_file({"weights": w}, str(path), metadata=meta)
@@ -108,16 +118,26 @@ class ZeroShotClassificationPipeline(Pipeline):
         multi_label: bool = False,
         negative_prompts: Sequence[str] = NEGATIVE_PROMPTS,
     ) -> list[list[dict[str, Any]]]:
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+                raise TypeError(f"top_k must be a positive integer (or None for all labels), got {top_k!r}")
+            if top_k < 1:
+                raise ValueError(f"top_k must be >= 1 (or None for all labels), got {top_k}")
+        negative_prompts = [negative_prompts] if isinstance(negative_prompts, str) else list(negative_prompts)
+        if not negative_prompts or not all(isinstance(p, str) and p.strip() for p in negative_prompts):
+            raise ValueError(
+                f"negative_prompts must be a non-empty list of non-empty strings, got {negative_prompts!r}"
+            )
         if classifier is not None:
             labels, weights = self.load_classifier(classifier)
             if weights.shape[1] != self.encoder.info.embed_dim:
                 raise ValueError(
                     f"classifier {classifier} has width {weights.shape[1]}, model has {self.encoder.info.embed_dim}"
                 )
-        elif not labels:
+        elif labels is None or (not isinstance(labels, str) and not labels):
             raise ValueError("zero-shot-classification needs labels=[...] (or classifier=PATH)")
         else:
-            labels = list(labels)
+            labels = check_labels(labels)
             weights = self.class_weights(labels, templates)
         pooled = self.encoder.encode(images, batch_size=self.batch_size).pooled
         logits = class_logits(self.encoder, pooled, weights)
@@ -128,7 +148,7 @@ class ZeroShotClassificationPipeline(Pipeline):
             probs = (logits - class_logits(self.encoder, pooled, negative)).sigmoid()  # softmax([s, s_neg])[0]
         else:
             probs = logits.softmax(-1)
-        k = len(labels) if top_k is None else max(1, min(int(top_k), len(labels)))
+        k = len(labels) if top_k is None else min(int(top_k), len(labels))
         scores, idx = probs.topk(k, dim=-1)
         return [
             [{"score": float(s), "label": labels[i]} for s, i in zip(row_s.tolist(), row_i.tolist())]

@@ -23,6 +23,8 @@ ProxyCLIP (and recorded in every result):
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from ..data.masks import mask_to_rle
 from ..foundation.dense import DENSE_MODES, check_mode, dense_features
 from ..foundation.encoder import Encoder
-from ..foundation.zero_shot import Templates, text_classifier
+from ..foundation.zero_shot import Templates, check_labels, duplicate_groups, text_classifier
 from ..foundation.zero_shot import templates_key as _templates_key
 from .base import Pipeline, register_pipeline
 
@@ -173,19 +175,72 @@ def pamr(
     return p[0]
 
 
+def _unit_range(name: str, value: Any, lo: float, hi: float) -> float:
+    """``value`` as a float in ``[lo, hi]``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    v = float(value)
+    if math.isnan(v) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
+    return v
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer (pixels), got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 (pixels), got {value}")
+    return int(value)
+
+
+def _check_shared_texts(names: Sequence[str], texts: Sequence[Sequence[str]], what: str = "labels") -> None:
+    """Raise when one text (ignoring case and extra spaces) belongs to more than one class: the classes would
+    share its score."""
+    owners = [(t, n) for n, ts in zip(names, texts) for t in ts]
+    for group in duplicate_groups([t for t, _ in owners]):
+        classes = list(dict.fromkeys(n for t, n in owners if t in group))
+        if len(classes) > 1:
+            raise ValueError(
+                f"{what} must be unique (compared ignoring case and extra spaces, as CLIP's tokenizer reads them): "
+                f"the text {group[-1]!r} names more than one class ({', '.join(map(repr, classes))}; synonyms and "
+                "background names count)"
+            )
+
+
 def _parse_labels(
-    labels: Sequence[str], synonyms: Mapping[str, Sequence[str]] | None
+    labels: str | Sequence[str], synonyms: Mapping[str, str | Sequence[str]] | None, name: str = "labels"
 ) -> tuple[list[str], list[list[str]]]:
-    """Names and, per name, the texts to embed. ``"sofa; couch"`` or ``synonyms={"sofa": ["couch"]}``."""
-    if isinstance(labels, str) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-        raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
+    """Names and, per name, the texts to embed. ``"sofa; couch"`` or ``synonyms={"sofa": ["couch"]}``; one
+    string is one class (``"sofa; couch"`` included) and a synonym string is one synonym.
+
+    Raises when a label has no name (only ``;``), or when the same text (ignoring case and extra spaces, as CLIP's
+    tokenizer reads it) names two classes: its probability would be split."""
+    labels = check_labels(labels, name)
     names, texts = [], []
-    for lab in labels:
+    for i, lab in enumerate(labels):
         parts = [p.strip() for p in lab.split(";") if p.strip()]
+        if not parts:
+            raise ValueError(
+                f"{name}[{i}] = {lab!r} has no class name: ';' separates a class's synonyms (\"sofa; couch\"), so "
+                "a label cannot be only separators"
+            )
+        extra = (synonyms or {}).get(parts[0], ())
+        extra = [extra] if isinstance(extra, str) else list(extra)
+        if not all(isinstance(x, str) and x.strip() for x in extra):
+            raise ValueError(f"synonyms[{parts[0]!r}] must be non-empty strings, got {extra!r}")
+        own: dict[str, str] = {}  # one class's texts, each once
+        for t in parts + [x.strip() for x in extra]:
+            own.setdefault(" ".join(t.lower().split()), t)
         names.append(parts[0])
-        texts.append(parts + list((synonyms or {}).get(parts[0], ())))
-    if len(set(names)) != len(names):
-        raise ValueError(f"labels must be unique, got {names}")
+        texts.append(list(own.values()))
+    dups = duplicate_groups(names)
+    if dups:
+        raise ValueError(
+            f"{name} must be unique (compared ignoring case and extra spaces, as CLIP's tokenizer reads them); "
+            f"duplicates: {', '.join(' = '.join(map(repr, g)) for g in dups)}"
+        )
+    _check_shared_texts(names, texts, name)
     return names, texts
 
 
@@ -202,14 +257,19 @@ class ZeroShotSegPipeline(Pipeline):
         refine: ``None``, ``"pamr"``, a SAM model name / encoder / mask-generation pipeline, or a list of these.
         sam_mode: ``"auto"`` (SAM automatic masks vote) or ``"box"`` (each label's region becomes a box prompt).
         templates: prompt templates, as for zero-shot classification (default: the 80 ImageNet prompts).
-        short_side: the image's short side for inference (default: 1.5 × the model's input size).
-        window: sliding-window side (default: the model's input size).
-        stride: window stride (default: half the window).
+        short_side: the image's short side for inference, a positive integer (default: 1.5 × the model's input
+            size).
+        window: sliding-window side, a positive multiple of the patch size (default: the model's input size).
+        stride: window stride, in [1, window] (default: half the window).
         logit_scale: multiplier of the cosine scores before the softmax (40, as SCLIP/ClearCLIP/ProxyCLIP).
-        prob_thresh: pixels whose best label probability is below this become background.
+        prob_thresh: pixels whose best label probability is below this become background; in [0, 1].
         cos_thresh: pixels whose best cosine similarity to a label (before ``logit_scale``) is below this become
             background. A softmax over a few labels is confident everywhere, also on background; the raw
-            similarity is what drops there (pick the threshold on validation data).
+            similarity is what drops there (pick the threshold on validation data). In [-1, 1].
+
+    Labels (``labels=`` of a call): one string is one class; ``"sofa; couch"`` gives synonyms. A label of only
+    separators, or a text naming two classes (duplicates, a synonym or background name that is also a class;
+    compared ignoring case and extra spaces), or a prompt longer than the text context is refused.
         sam_points_per_side: grid of SAM's automatic masks (``sam_mode="auto"``).
         sam_options: more options for SAM's automatic masks (see ``MaskGenerationPipeline.generate``), e.g.
             ``{"pred_iou_thresh": 0.8, "crops_n_layers": 1}``.
@@ -250,16 +310,16 @@ class ZeroShotSegPipeline(Pipeline):
         self.mode = mode if mode == "student-adaptor" else check_mode(mode)
         native = encoder.info.image_size[0]
         unit = encoder.info.patch_size
-        self.window = int(window or native)
-        self.stride = int(stride or max(self.window // 2, 1))
-        self.short_side = int(short_side or round(1.5 * native))
+        self.window = native if window is None else _positive_int("window", window)
+        self.stride = max(self.window // 2, 1) if stride is None else _positive_int("stride", stride)
+        self.short_side = round(1.5 * native) if short_side is None else _positive_int("short_side", short_side)
         if self.window % unit:
             raise ValueError(f"window {self.window} must be a multiple of the model's patch size {unit}")
         if not 0 < self.stride <= self.window:
             raise ValueError(f"stride must be in (0, window={self.window}], got {self.stride}")
         self.logit_scale = float(logit_scale)
-        self.prob_thresh = float(prob_thresh)
-        self.cos_thresh = None if cos_thresh is None else float(cos_thresh)
+        self.prob_thresh = _unit_range("prob_thresh", prob_thresh, 0.0, 1.0)
+        self.cos_thresh = None if cos_thresh is None else _unit_range("cos_thresh", cos_thresh, -1.0, 1.0)
         self.templates = templates
         self.proxy = self._load_proxy(proxy) if self.mode == "proxy" else None
         if proxy is not None and self.mode != "proxy":
@@ -401,9 +461,8 @@ class ZeroShotSegPipeline(Pipeline):
 
         if labels is None:
             raise ValueError("zero-shot-seg needs labels=[...] (class names; 'a; b' gives synonyms)")
-        names, texts = _parse_labels(labels, synonyms)
-        p_th = self.prob_thresh if prob_thresh is None else float(prob_thresh)
-        c_th = self.cos_thresh if cos_thresh is None else float(cos_thresh)
+        p_th = self.prob_thresh if prob_thresh is None else _unit_range("prob_thresh", prob_thresh, 0.0, 1.0)
+        c_th = self.cos_thresh if cos_thresh is None else _unit_range("cos_thresh", cos_thresh, -1.0, 1.0)
         by_threshold = p_th > 0 or c_th is not None
         if background is True:
             bg_names = [] if by_threshold else [BACKGROUND]
@@ -411,9 +470,14 @@ class ZeroShotSegPipeline(Pipeline):
             bg_names = [background]
         else:
             bg_names = list(background) if background else []
+        if not all(isinstance(b, str) and b.strip() for b in bg_names):
+            raise ValueError(f"background names must be non-empty strings, got {background!r}")
+        names, texts = _parse_labels(labels, synonyms)
         use_bg = bool(background) or by_threshold
-        if BACKGROUND in names and use_bg:
+        if use_bg and any(" ".join(n.lower().split()) == BACKGROUND for n in names):
             raise ValueError("'background' is a reserved label when background is on; drop it from labels")
+        if bg_names:
+            _check_shared_texts([BACKGROUND, *names], [bg_names, *texts])
         all_texts = ([bg_names] if bg_names else []) + texts
         weights, owner = self.text_weights(all_texts)
         n = len(all_texts)

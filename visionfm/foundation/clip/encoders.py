@@ -48,17 +48,43 @@ def _texts(texts: str | Sequence[str]) -> list[str]:
     return texts
 
 
+def _preview(texts: Sequence[str], n: int = 3, width: int = 80) -> str:
+    """The first ``n`` texts, each with its middle elided when long (long texts often differ only at the end)."""
+    half = (width - 5) // 2
+    shown = [repr(t if len(t) <= width else f"{t[:half]} ... {t[-half:]}") for t in texts[:n]]
+    return ", ".join(shown) + (f" and {len(texts) - n} more" if len(texts) > n else "")
+
+
 class _ClipBase(Encoder):
     """Shared text batching for both backends."""
 
     logit_scale: float
     logit_bias: float | None
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the text tower reads, special tokens included (77 for CLIP, 64 for SigLIP); longer texts are
+        truncated to it."""
+        raise NotImplementedError
+
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
+        raise NotImplementedError
+
+    def overlong_texts(self, texts: str | Sequence[str]) -> list[str]:
+        """The texts (in order) that are longer than :attr:`context_length` tokens, which :meth:`encode_text`
+        truncates: two of them that differ only after the cut get the same embedding."""
+        texts = _texts(texts)
+        return [t for t, cut in zip(texts, self._is_overlong(texts)) if cut]
+
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
     def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
         """Embed texts into the image-text space.
+
+        Texts longer than :attr:`context_length` tokens are truncated, as by open_clip and transformers, with a
+        logged warning naming them (captions and generation prompts may be long; a label never should be, and
+        the zero-shot pipelines refuse labels whose prompts do not fit). :meth:`overlong_texts` finds them first.
 
         Args:
             texts: one string or a list of strings.
@@ -68,6 +94,13 @@ class _ClipBase(Encoder):
             ``[N, D]`` text embeddings (not normalised), ``D = info.embed_dim``.
         """
         texts = _texts(texts)
+        cut = self.overlong_texts(texts)
+        if cut:
+            logger.warning(
+                "encode_text: %d of %d texts are longer than the %d-token text context of %r and are truncated "
+                "(texts that differ only after the cut get the same embedding): %s",
+                len(cut), len(texts), self.context_length, self._info.name, _preview(cut),
+            )  # fmt: skip
         with torch.inference_mode():
             return torch.cat(
                 [self._embed_text_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
@@ -154,6 +187,21 @@ class OpenClipEncoder(_ClipBase):
             cls=cls,
             layers={i: tokens_to_grid(taps[i], grid, prefix=1) for i in idx},
         )
+
+    @property
+    def context_length(self) -> int:  # type: ignore[override]
+        """Tokens the text tower reads (the tokenizer's context length), special tokens included."""
+        return int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
+
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        n = self.context_length
+        if isinstance(self.tokenizer, SimpleTokenizer):  # CLIP's BPE: <start> text <end>
+            return [len(self.tokenizer.encode(t)) + 2 > n for t in texts]
+        # any other open_clip tokenizer: a text fits when one more position changes none of the first n tokens
+        a, b = self.tokenizer(texts, context_length=n), self.tokenizer(texts, context_length=n + 1)
+        return (a != b[:, :n]).any(1).tolist()
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
@@ -279,6 +327,15 @@ class HFClipEncoder(_ClipBase):
         pad = dict(padding="max_length") if self.kind == "siglip" else dict(padding=True)
         enc = self.tokenizer(texts, max_length=self.text_max_length, truncation=True, return_tensors="pt", **pad)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    @property
+    def context_length(self) -> int:  # type: ignore[override]
+        """Tokens the text tower reads (``max_position_embeddings``), special tokens included."""
+        return self.text_max_length
+
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
+        ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        return [len(x) > self.text_max_length for x in ids]
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         return _as_tensor(self.model.get_text_features(**self.tokenize(texts)))
