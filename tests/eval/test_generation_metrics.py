@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.special
 import torch
 
 from visionfm.eval.generation_metrics import (
@@ -123,8 +124,10 @@ def test_frechet_distance_identity_and_monotone_in_shift():
 
 
 def _is_direct(probs: np.ndarray, splits: int) -> tuple[float, float]:
-    scores = []
-    for part in np.array_split(probs, splits):
+    """Salimans et al.'s ``inception_score.py``: part ``i`` is rows ``i * N // splits`` to ``(i + 1) * N // splits``."""
+    n, scores = len(probs), []
+    for i in range(splits):
+        part = probs[i * n // splits : (i + 1) * n // splits]
         py = part.mean(0)
         kl = [sum(p[k] * np.log(p[k] / py[k]) for k in range(len(p)) if p[k] > 0) for p in part]
         scores.append(np.exp(np.mean(kl)))
@@ -142,6 +145,28 @@ def test_inception_score_matches_direct_formula(seed, splits):
         assert mean == pytest.approx(want[0], rel=1e-5)
         assert std == pytest.approx(want[1], rel=1e-4, abs=1e-6)
     assert inception_score(probs, splits=splits, from_logits=False) == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize(("seed", "n", "splits"), [(0, 230, 7), (1, 1003, 10), (2, 59, 4), (3, 21, 20)])
+def test_inception_score_splits_equal_torch_fidelity(seed, n, splits):
+    """Uneven splits (``N`` not a multiple of ``splits``) cut where Salimans et al. and torch-fidelity cut."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    assert n % splits
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 12)) * 3
+    logits[:, 0] += np.linspace(-6, 6, n)  # the class mix drifts along the rows: where the cuts fall matters
+    probs = scipy.special.softmax(logits, axis=1)
+    want = isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=False)
+    want = (want["inception_score_mean"], want["inception_score_std"])
+    assert inception_score(logits, splits=splits) == pytest.approx(want, rel=1e-12, abs=1e-13)
+    assert inception_score(probs, splits=splits, from_logits=False) == pytest.approx(want, rel=1e-12, abs=1e-13)
+    # torch-fidelity's default shuffles with its seed first; the same permutation here gives the same score
+    shuffled = isc_features_to_metric(torch.from_numpy(logits), splits=splits)
+    perm = np.random.RandomState(2020).permutation(n)
+    assert inception_score(logits[perm], splits=splits) == pytest.approx(
+        (shuffled["inception_score_mean"], shuffled["inception_score_std"]), rel=1e-12, abs=1e-13
+    )
 
 
 def test_inception_score_extremes():

@@ -335,6 +335,33 @@ def test_retrieval_ties_and_images_without_text(caplog):
         retrieval_metrics(torch.from_numpy(img), torch.from_numpy(txt), torch.tensor([0, 1, 2, 4]))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_retrieval_k_beyond_the_texts_with_captionless_images_matches_brute_force(seed):
+    """An image without captions is a miss at every k, also when k exceeds the number of texts."""
+    rng = np.random.default_rng(100 + seed)
+    n, d = int(rng.integers(2, 15)), int(rng.integers(3, 12))
+    owners = rng.choice(n, size=int(rng.integers(1, n)), replace=False)  # at least one image has no caption
+    m = int(rng.integers(1, 2 * n))
+    t2i = rng.choice(owners, size=m)
+    img = rng.normal(size=(n, d))
+    txt = img[t2i] + rng.normal(scale=float(rng.uniform(0.3, 2)), size=(m, d))
+    ks = tuple(sorted({1, 2, m, m + 1, n, n + 3, 3 * (m + n)}))  # several k > m (and > n)
+    got = retrieval_metrics(torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i), ks=ks, batch_size=4)
+    want = _retrieval_reference(img, txt, t2i, ks)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert got[f"image_to_text_R@{3 * (m + n)}"] == len(set(t2i.tolist())) / n  # exactly the captioned images
+    assert got[f"text_to_image_R@{3 * (m + n)}"] == 1.0
+
+
+def test_retrieval_two_images_one_text():
+    img, txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.1]])
+    got = retrieval_metrics(img, txt, torch.tensor([0]), ks=(1, 5))
+    assert got["image_to_text_R@5"] == 0.5 and got["image_to_text_R@1"] == 0.5  # image 1 has no text: a miss
+    assert got["text_to_image_R@1"] == 1.0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # COCO
 # ----------------------------------------------------------------------------------------------------------------------
@@ -382,7 +409,9 @@ def _coco_case(seed: int, as_str: bool = False):
     return images, anns, categories, dets
 
 
-def _pycocotools_direct(images, anns, categories, dets, iou_type):
+def _pycocotools_direct(images, anns, categories, dets, iou_type, drop_bbox=True):
+    """pycocotools' COCO and COCOeval used directly; ``drop_bbox=False`` keeps the detections' boxes for ``"segm"``
+    (loadRes then takes its box branch, and COCOeval converts polygon and uncompressed-RLE masks itself)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -391,7 +420,7 @@ def _pycocotools_direct(images, anns, categories, dets, iou_type):
         gt.dataset = copy.deepcopy({"images": images, "annotations": anns, "categories": categories})
         gt.createIndex()
         dets = copy.deepcopy(dets)
-        if iou_type == "segm":
+        if iou_type == "segm" and drop_bbox:
             for d in dets:
                 d.pop("bbox")
         ev = COCOeval(gt, gt.loadRes(dets), iouType=iou_type)
@@ -439,3 +468,66 @@ def test_coco_ap_perfect_and_empty():
         coco_detection_ap(images, anns, cats, boxes_only)
     with pytest.raises(ValueError, match="iou_types"):
         coco_detection_ap(images, anns, cats, perfect, iou_types=("keypoints",))
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a binary ``[H, W]`` mask: run lengths of the column-major flattening, zeros first."""
+    flat = mask.ravel(order="F").astype(np.uint8)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    return {"size": list(mask.shape), "counts": [0, *counts] if flat[0] else counts}
+
+
+def _ellipse_polygon(box: list[float], parts: int) -> list[list[float]]:
+    """A COCO polygon segmentation: the ellipse inscribed in an XYWH box, as ``parts`` polygons (halves if 2)."""
+    x, y, w, h = box
+    out = []
+    for p in range(parts):
+        t = np.linspace(2 * np.pi * p / parts, 2 * np.pi * (p + 1) / parts, 14)
+        ring = np.stack([x + w / 2 * (1 + np.cos(t)), y + h / 2 * (1 + np.sin(t))], 1)
+        if parts > 1:
+            ring = np.concatenate([[[x + w / 2, y + h / 2]], ring])  # a pie slice
+        out.append([float(v) for v in ring.ravel()])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coco_mask_ap_polygon_and_uncompressed_rle_detections_match_pycocotools(seed):
+    from pycocotools import mask as mask_utils
+
+    images, anns, cats, dets = _coco_case(seed)
+    h, w = images[0]["height"], images[0]["width"]
+    mixed = copy.deepcopy(dets)
+    for i, d in enumerate(mixed):  # polygons (1 or 2 parts), uncompressed RLE, and compressed RLE, interleaved
+        kind = (i + seed) % 4
+        if kind == 0:
+            d["segmentation"] = _ellipse_polygon(d["bbox"], 1 + i % 2)
+        elif kind in (1, 2):
+            mask = mask_utils.decode(d["segmentation"])
+            d["segmentation"] = _uncompressed_rle(mask)
+            assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(d["segmentation"], h, w)), mask)
+    polygons = [dict(d, segmentation=_ellipse_polygon(d["bbox"], 1)) for d in dets]
+    for case in (mixed, polygons):
+        before = copy.deepcopy(case)
+        got = coco_detection_ap(images, anns, cats, case)
+        assert case == before  # inputs untouched
+        want = _pycocotools_direct(images, anns, cats, case, "segm", drop_bbox=False)
+        assert [got["mask_AP"], got["mask_AP50"], got["mask_AP75"]] == [float(v) for v in want]
+        assert 0 < got["mask_AP"] < 1
+        box = _pycocotools_direct(images, anns, cats, case, "bbox")
+        assert [got["box_AP"], got["box_AP50"], got["box_AP75"]] == [float(v) for v in box]
+        # the same masks as compressed RLE, pycocotools' own conversion: the same numbers
+        compressed = []
+        for d in case:
+            seg = d["segmentation"]
+            if isinstance(seg, list):
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg["counts"], list):
+                seg = mask_utils.frPyObjects(seg, h, w)
+            compressed.append(dict(d, segmentation=seg))
+        assert coco_detection_ap(images, anns, cats, compressed) == got
+        assert [got["mask_AP"], got["mask_AP50"], got["mask_AP75"]] == [
+            float(v) for v in _pycocotools_direct(images, anns, cats, compressed, "segm")
+        ]
+    with pytest.raises(ValueError, match="height and width"):  # polygons need the image size
+        coco_detection_ap([{"id": im["id"]} for im in images], anns, cats, polygons, iou_types=("segm",))

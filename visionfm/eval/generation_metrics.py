@@ -272,9 +272,12 @@ def inception_score(
 ) -> tuple[float, float]:
     """Inception Score from the class predictions of any classifier.
 
-    ``IS = exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean prediction, computed on each of ``splits`` contiguous,
-    near-equal parts of the rows (in order, as in the original Salimans et al. 2016 code; torchmetrics shuffles
-    first). With Inception-v3 logits on 50k images this is the classic IS; here it is defined for any classifier.
+    ``IS = exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean prediction, computed on each of ``splits`` contiguous
+    parts of the rows, in order: part ``i`` is rows ``i * N // splits`` to ``(i + 1) * N // splits`` (exclusive), the
+    boundaries of the original Salimans et al. 2016 code and of torch-fidelity's ``isc_features_to_metric`` (which
+    shuffles the rows first by default; torchmetrics shuffles too and cuts with ``torch.chunk``, which differs when
+    ``N`` is not a multiple of ``splits``). With Inception-v3 logits on 50k images this is the classic IS; here it
+    is defined for any classifier.
     It ranges from 1 (every prediction identical) to ``K`` (confident and uniformly spread over the classes).
 
     Args:
@@ -296,7 +299,8 @@ def inception_score(
         from_logits = not (np.all(x >= 0) and np.allclose(x.sum(axis=1), 1.0, rtol=0, atol=1e-6))
     probs = scipy.special.softmax(x, axis=1) if from_logits else x
     scores = []
-    for part in np.array_split(probs, splits, axis=0):
+    for i in range(splits):  # Salimans et al.'s boundaries, also torch-fidelity's: not np.array_split's
+        part = probs[i * n // splits : (i + 1) * n // splits]
         py = part.mean(axis=0, keepdims=True)
         kl = scipy.special.rel_entr(part, py).sum(axis=1)  # 0 log 0 = 0
         scores.append(float(np.exp(kl.mean())))

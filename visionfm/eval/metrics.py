@@ -128,8 +128,9 @@ def retrieval_metrics(
 
     Text-to-image: a text is a hit at ``k`` when its image is among its ``k`` most similar images. Image-to-text:
     an image is a hit when any of its texts is among its ``k`` most similar texts (an image without texts is a
-    miss, with a warning). Ties are ranked lowest index first (:func:`target_rank`), so equal similarities never
-    make the result depend on ``torch.topk``'s order. Rows are processed ``batch_size`` at a time.
+    miss at every ``k``, also ``k > M``, with a warning). Ties are ranked lowest index first (:func:`target_rank`),
+    so equal similarities never make the result depend on ``torch.topk``'s order. Rows are processed
+    ``batch_size`` at a time.
 
     Args:
         image_emb: ``[N, D]`` image embeddings (any scale; normalised here).
@@ -173,13 +174,12 @@ def retrieval_metrics(
         sim = img[s : s + batch_size] @ txt.T
         own = t2i.view(1, -1) == torch.arange(s, s + sim.shape[0], device=img.device).view(-1, 1)
         best = sim.masked_fill(~own, float("-inf")).argmax(1)  # first maximum among the image's texts
-        rank = target_rank(sim, best)
-        i2t_rank.append(torch.where(has_text[s : s + sim.shape[0]], rank, torch.full_like(rank, m)))
+        i2t_rank.append(target_rank(sim, best))  # meaningless for an image without text: masked below
     i2t = torch.cat(i2t_rank)
 
     out: dict[str, float | int] = {}
-    for k in ks:
-        out[f"image_to_text_R@{k}"] = float((i2t < k).double().mean())
+    for k in ks:  # an image without text is a miss at every k, even k > M (no rank sentinel can guarantee that)
+        out[f"image_to_text_R@{k}"] = float(((i2t < k) & has_text).double().mean())
     for k in ks:
         out[f"text_to_image_R@{k}"] = float((t2i_rank < k).double().mean())
     out["images"], out["texts"] = n, m
@@ -191,6 +191,29 @@ def retrieval_metrics(
 # ----------------------------------------------------------------------------------------------------------------------
 
 _COCO_PREFIX = {"bbox": "box", "segm": "mask"}
+
+
+def _compressed_rle(seg: list[list[float]] | dict[str, Any], h: int | None, w: int | None) -> dict[str, Any]:
+    """A COCO segmentation as compressed RLE, converted exactly as pycocotools' ``COCO.annToRLE`` does.
+
+    Args:
+        seg: polygon parts ``[[x0, y0, x1, y1, ...], ...]`` (pixels; merged into one mask), or RLE
+            ``{"size": [h, w], "counts"}`` with ``counts`` a list (uncompressed) or a ``str`` / ``bytes`` (compressed).
+        h: image height in pixels (needed for polygons and uncompressed RLE).
+        w: image width in pixels.
+
+    Returns:
+        ``{"size": [h, w], "counts": bytes | str}``; compressed RLE input is returned as is.
+    """
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):  # polygon parts, merged into one mask as pycocotools does
+        if h is None or w is None:
+            raise ValueError("polygon segmentations need the image's height and width in `images`")
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg["counts"], list):  # uncompressed RLE: its own size is used, h and w are ignored
+        return mask_utils.frPyObjects(seg, *seg["size"])
+    return seg
 
 
 def coco_detection_ap(
@@ -207,14 +230,17 @@ def coco_detection_ap(
     (``counts`` a list, or a compressed ``str`` or ``bytes``). Ground-truth annotations get ``iscrowd=0`` and an
     ``area`` (mask area if segmented, else box area) when missing, and are renumbered ``1..n`` (pycocotools treats
     annotation id 0 as unmatched). For ``"segm"`` the detections' ``bbox`` is dropped so that their area is the mask
-    area (detectron2's convention; areas only matter for the small/medium/large breakdown, not the values returned). pycocotools' console output is silenced. Undefined values (no ground truth)
-    are nan where pycocotools says -1.
+    area (detectron2's convention; areas only matter for the small/medium/large breakdown, not the values returned),
+    and their polygon or uncompressed-RLE masks are converted to compressed RLE the way pycocotools converts them
+    (``COCO.annToRLE``), so every accepted format scores exactly as pycocotools scores it. pycocotools' console output
+    is silenced. Undefined values (no ground truth) are nan where pycocotools says -1.
 
     Args:
         images: ``[{"id", "height", "width", ...}]``.
         annotations: ``[{"image_id", "category_id", "bbox", "segmentation"?, "iscrowd"?, "area"?}]``.
         categories: ``[{"id", "name"?, ...}]``.
-        detections: ``[{"image_id", "category_id", "score", "bbox"?, "segmentation"?}]``.
+        detections: ``[{"image_id", "category_id", "score", "bbox"?, "segmentation"?}]``, segmentations in any of
+            the formats above (polygons need the image's ``height`` and ``width``).
         iou_types: any of ``"bbox"`` and ``"segm"``.
 
     Returns:
@@ -251,12 +277,7 @@ def coco_detection_ap(
         if "area" not in a:
             seg = a.get("segmentation")
             if seg:
-                h, w = img_hw[a["image_id"]]
-                if isinstance(seg, list):  # polygon parts, merged into one mask as pycocotools does
-                    seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-                elif isinstance(seg["counts"], list):  # uncompressed RLE
-                    seg = mask_utils.frPyObjects(seg, h, w)
-                a["area"] = float(mask_utils.area(seg))
+                a["area"] = float(mask_utils.area(_compressed_rle(seg, *img_hw[a["image_id"]])))
             else:
                 a["area"] = float(a["bbox"][2] * a["bbox"][3])
         gt_anns.append(a)
@@ -268,9 +289,11 @@ def coco_detection_ap(
         gt.createIndex()
         for t in iou_types:
             dets = copy.deepcopy(detections)
-            if t == "segm":
+            if t == "segm":  # loadRes takes the mask branch only without a bbox, and that branch needs compressed RLE
                 for d in dets:
                     d.pop("bbox", None)
+                    h, w = img_hw.get(d["image_id"], (None, None))
+                    d["segmentation"] = _compressed_rle(d["segmentation"], h, w)
             ev = COCOeval(gt, gt.loadRes(dets), iouType=t)
             ev.evaluate()
             ev.accumulate()
