@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -378,3 +379,97 @@ def test_load_images_error_names_batch_index(tmp_path, astronaut):
     Image.fromarray(astronaut).save(big)
     with pytest.raises(ImageLoadError, match=r"image 0 of the batch: .*big\.png.*262144 pixels"):
         load_images([big], max_pixels=1000)
+
+
+# ----------------------------------------------------------------------------- bad values, URLs, extreme shapes
+
+
+def test_nan_pixels_name_the_batch_index_and_the_nan():
+    good = torch.rand(3, 8, 8)
+    bad = torch.rand(3, 8, 8)
+    bad[1, 2, 5] = float("nan")
+    pattern = (
+        r"image 1 of the batch: float pixel values contain NaN or infinity "
+        r"\(1 of 192 values; first at channel 1, row 2, column 5\)"
+    )
+    for batch in (
+        [good, bad],
+        torch.stack([good, bad]),
+        np.stack([good.permute(1, 2, 0).numpy(), bad.permute(1, 2, 0).numpy()]),
+    ):
+        with pytest.raises(ImageLoadError, match=pattern):
+            load_images(batch)
+
+
+def test_nan_pixels_name_the_batch_index_with_the_loader():
+    from visionfm.data.loader import iter_image_batches
+
+    bad = torch.rand(3, 8, 8)
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ImageLoadError, match=r"image 3 of the batch: .*NaN or infinity"):
+        list(iter_image_batches([torch.rand(3, 8, 8)] * 3 + [bad], batch_size=2))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/cat.jpg", "https://example.com/a/b.png?x=1", "HTTPS://EX.COM/c.webp"]
+)
+def test_urls_are_refused_with_a_clear_message(url):
+    expected = (
+        rf"image 1 of the batch: cannot read image '{re.escape(url)}': "
+        r"URLs are not supported, download the image first"
+    )
+    with pytest.raises(ImageLoadError, match=expected):
+        load_images([np.zeros((4, 4, 3), np.uint8), url])
+    with pytest.raises(ImageLoadError, match="URLs are not supported"):
+        open_image(url)
+
+
+def test_urls_and_missing_files_are_named_by_the_gpu_decode_path(tmp_path):
+    from visionfm.data.loader import iter_image_batches
+
+    with pytest.raises(ImageLoadError, match=r"image 0 of the batch: .*URLs are not supported"):
+        list(iter_image_batches(["https://example.com/cat.jpg"], 1, decode_device="cpu"))
+    with pytest.raises(ImageLoadError, match=r"image 0 of the batch: .*nope\.jpg.*no such file"):
+        list(iter_image_batches([tmp_path / "nope.jpg"], 1, decode_device="cpu"))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("size", [(1, 10000), (10000, 1), (3, 400)])
+def test_extreme_aspect_ratio_is_refused_quickly(tmp_path, size):
+    import time
+
+    h, w = size
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(path)
+    start, rss = time.perf_counter(), _peak_rss_mb()
+    ratio = f"{max(h, w) / min(h, w):g}:1"
+    pattern = (
+        rf"image 0 of the batch: cannot read image .*thin\.png.*{w}x{h} pixels.*aspect ratio {ratio}.*"
+        r"max_aspect_ratio=100"
+    )
+    with pytest.raises(ImageLoadError, match=pattern):
+        load_images([path])
+    with pytest.raises(ImageLoadError, match=rf"image: {w}x{h} pixels.*aspect ratio {ratio}"):
+        to_uint8_chw(np.zeros((h, w, 3), np.uint8))
+    with pytest.raises(ImageLoadError, match=rf"image 0 of the batch: {w}x{h} pixels.*aspect ratio"):
+        load_images(Image.new("RGB", (w, h)))
+    assert time.perf_counter() - start < 5 and _peak_rss_mb() - rss < 200
+    assert load_images([path], max_aspect_ratio=None)[0].shape == (3, h, w)  # the limit can be lifted explicitly
+
+
+def test_aspect_ratio_limit_is_inclusive():
+    assert to_uint8_chw(np.zeros((2, 200, 3), np.uint8)).shape == (3, 2, 200)  # exactly 100:1 is accepted
+
+
+def test_extreme_aspect_ratio_is_refused_by_the_batched_jpeg_decode_path(tmp_path):
+    from visionfm.data.loader import iter_image_batches
+
+    path = tmp_path / "strip.jpg"
+    Image.fromarray(np.full((8, 4000, 3), 90, np.uint8)).save(path, quality=90)
+    with pytest.raises(ImageLoadError, match=r"image 1 of the batch: 4000x8 pixels.*aspect ratio 500:1"):
+        list(iter_image_batches([np.zeros((4, 4, 3), np.uint8), path], 2, decode_device="cpu"))

@@ -181,3 +181,47 @@ def test_partial_preprocessor_config_uses_processor_defaults(path, tmp_path, pho
     ref = AutoImageProcessor.from_pretrained(d)(images=photos, return_tensors="pt")["pixel_values"]
     assert enc.preprocess_config.resize == "shortest_edge" and enc.preprocess_config.interpolation == "bicubic"
     torch.testing.assert_close(enc.preprocess(photos), ref, atol=1e-5, rtol=0)
+
+
+def _strip_png(tmp_path, h: int = 1, w: int = 10000):
+    """A 1x10000 PNG (a few hundred bytes on disk; 224-pixel short-side resizing would need gigabytes)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def test_extreme_aspect_ratio_image_is_refused_quickly(enc, tmp_path):
+    import resource
+    import time
+
+    from visionfm.data.images import ImageLoadError
+
+    path = _strip_png(tmp_path)
+    rss, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    pattern = r"image 0 of the batch: .*strip\.png.*10000x1 pixels.*aspect ratio 10000:1.*max_aspect_ratio=100"
+    for call in (enc.encode, enc.preprocess):
+        with pytest.raises(ImageLoadError, match=pattern):
+            call([path])
+    assert time.perf_counter() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200 * 1024  # KiB: no large allocation
+
+
+def test_preprocess_refuses_extreme_images_before_resizing():
+    from visionfm.data.images import ImageLoadError
+    from visionfm.foundation.preprocess import MAX_RESIZED_PIXELS, preprocess_uint8
+
+    small = torch.zeros(3, 20, 20, dtype=torch.uint8)
+    # a 1x10000 tensor handed straight to preprocessing, at DINOv2's reference 256/224 sizes
+    with pytest.raises(ImageLoadError, match=r"image 1 of the batch: 10000x1 pixels.*aspect ratio 10000:1"):
+        preprocess_uint8([small, torch.zeros(3, 1, 10000, dtype=torch.uint8)], dinov2.DEFAULT_PREPROCESS)
+    # 100:1 is accepted at load, but a 600-pixel short side would make it 36M pixels
+    cfg = dinov2.DEFAULT_PREPROCESS.with_overrides(resize_size=600)
+    pattern = (
+        r"image 1 of the batch: 1000x10 pixels .*would be resized \(shortest_edge 600\) to 60000x600 = 36000000 "
+        rf"pixels, more than MAX_RESIZED_PIXELS={MAX_RESIZED_PIXELS}"
+    )
+    with pytest.raises(ImageLoadError, match=pattern):
+        preprocess_uint8([small, torch.zeros(3, 10, 1000, dtype=torch.uint8)], cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 import visionfm as vfm
-from visionfm.foundation.loading import ModelNotAvailableError, ModelNotFoundError, PickleCheckpointError
+from visionfm.foundation.loading import (
+    CheckpointError,
+    ModelNotAvailableError,
+    ModelNotFoundError,
+    PickleCheckpointError,
+)
 from visionfm.foundation.registry import ModelSpec, register_model
 from visionfm.testing import tiny_checkpoint
 
@@ -184,3 +190,74 @@ def test_adapter_hook_comes_from_the_adapters_package(monkeypatch, tiny_root):
         vfm.load_encoder(tiny_checkpoint("dinov2", root=tiny_root), adapter="some/adapter", device="cpu")
     with pytest.raises(ValueError, match="unknown hook"):
         hooks.register_hook("nope", print)
+
+
+# -- damaged checkpoints: every error names the file and what was expected -------------------------------------------
+def _damaged_copy(src: Path, dst: Path, edit) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` and rewrite its ``model.safetensors`` state dict with ``edit(sd)``."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    sd = load_file(str(dst / "model.safetensors"))
+    edit(sd)
+    save_file(sd, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend", "victim"),
+    [
+        ("dinov2", None, "encoder.layer.1.mlp.fc1.weight"),
+        ("dinov2-registers", None, "embeddings.register_tokens"),
+        ("clip", "transformers", "vision_model.encoder.layers.0.self_attn.q_proj.weight"),
+        ("siglip", None, "vision_model.head.probe"),
+        ("sam", None, "mask_decoder.iou_prediction_head.layers.0.weight"),
+    ],
+)
+def test_missing_tensor_is_refused(kind, backend, victim, tiny_root, tmp_path):
+    src = tiny_checkpoint(kind, backend, root=tiny_root)
+    d = _damaged_copy(src, tmp_path / "ckpt", lambda sd: sd.pop(victim))
+    with pytest.raises(CheckpointError, match=rf"ckpt.*model\.safetensors.*missing 1 tensor.*{re.escape(victim)}"):
+        vfm.load_encoder(d, device="cpu")
+    vfm.load_encoder(src, device="cpu")  # the intact checkpoint still loads (nothing spurious is reported missing)
+
+
+def test_wrong_shape_tensor_is_named(dino_dir, tmp_path):
+    key = "encoder.layer.0.norm1.weight"
+    d = _damaged_copy(dino_dir, tmp_path / "ckpt", lambda sd: sd.__setitem__(key, torch.zeros(7)))
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors.*{re.escape(key)}.*\(7,\).*expected.*\(32,\)"):
+        vfm.load_encoder(d, device="cpu")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
+def test_corrupt_weights_file_is_named(damage, tiny_root, tmp_path):
+    for kind, backend, fname in [("dinov2", None, "model.safetensors"),
+                                 ("clip", "open_clip", "open_clip_model.safetensors")]:  # fmt: skip
+        d = tmp_path / kind
+        shutil.copytree(tiny_checkpoint(kind, backend, root=tiny_root), d)
+        data = (d / fname).read_bytes()
+        new = {"truncated": data[: len(data) // 2], "empty": b"", "random": os.urandom(4096)}[damage]
+        (d / fname).write_bytes(new)
+        with pytest.raises(CheckpointError, match=rf"{re.escape(str(d / fname))}.*not a valid safetensors file"):
+            vfm.load_encoder(d, device="cpu")
+
+
+def test_malformed_config_json_reports_line(dino_dir, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(dino_dir, d)
+    (d / "config.json").write_text('{\n  "model_type": "dinov2",\n  "hidden_size": 32,,\n}\n')
+    with pytest.raises(ValueError, match=r"config\.json.*invalid JSON at line 3") as e:
+        vfm.load_encoder(d, device="cpu")
+    assert "not in a format" not in str(e.value)
+
+
+def test_open_clip_missing_tensor_names_file(oc_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(oc_dir, d)
+    sd = load_file(str(d / "open_clip_model.safetensors"))
+    sd.pop("text_projection")
+    save_file(sd, str(d / "open_clip_model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"(?s)open_clip_model\.safetensors.*text_projection"):
+        vfm.load_encoder(d, device="cpu")

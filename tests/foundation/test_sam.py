@@ -171,3 +171,27 @@ def test_partial_preprocessor_config_uses_processor_defaults(path, tmp_path, pho
     pp = enc.preprocess_config
     assert (pp.interpolation, pp.pad_size, pp.mean) == ("bilinear", (64, 64), sam.SAM_MEAN)
     torch.testing.assert_close(enc.preprocess(photos), ref, atol=1e-5, rtol=0)
+
+
+def test_extreme_aspect_ratio_image_is_refused(enc, tmp_path):
+    """A 1x10000 image used to reach the resize as a 0x64 image and crash with a raw RuntimeError."""
+    import numpy as np
+    from PIL import Image
+
+    from visionfm.data.images import ImageLoadError
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 10000, 3), 128, np.uint8)).save(path)
+    with pytest.raises(ImageLoadError, match=r"image 0 of the batch: .*strip\.png.*10000x1 pixels.*aspect ratio"):
+        enc.encode([path])
+
+
+def test_resize_to_an_empty_image_is_refused():
+    from visionfm.data.images import ImageLoadError
+    from visionfm.foundation.preprocess import PreprocessConfig, preprocess_uint8
+
+    cfg = PreprocessConfig(resize="longest_edge", resize_size=32, interpolation="bilinear", crop_size=None,
+                           pad_size=(32, 32), mean=sam.SAM_MEAN, std=sam.SAM_STD)  # fmt: skip
+    strip = torch.zeros(3, 1, 100, dtype=torch.uint8)  # 100:1 passes the aspect limit; 1 * 32/100 rounds to 0
+    with pytest.raises(ImageLoadError, match=r"image 0 of the batch: 100x1 pixels .*resized .* to 32x0 = an empty"):
+        preprocess_uint8([strip], cfg)

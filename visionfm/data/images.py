@@ -1,11 +1,14 @@
 """Robust image input: open files safely and normalise any image to a uint8 ``[3, H, W]`` tensor.
 
 Conventions: numpy arrays are always HWC, torch tensors always CHW; pixel values are uint8 (0..255) or floating
-point in [0, 1]; alpha is composited over a white background.
+point in [0, 1]; alpha is composited over a white background. URLs are not fetched (download the image first), and
+images thinner than ``1:MAX_ASPECT_RATIO`` are refused before they are decoded (a 1x10000 PNG is 111 bytes, but
+resizing its short side to 224 pixels makes a 224x2,240,000 image).
 """
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS: int = 178_956_970  # default decompression-bomb limit (width * height); PIL's default value
+#: Largest accepted ratio of an image's long side to its short side (inclusive). Panoramas (up to ~20:1) pass;
+#: 1-pixel strips, whose short-side resize would allocate gigabytes, do not. ``max_aspect_ratio=None`` lifts it.
+MAX_ASPECT_RATIO: float = 100.0
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 class ImageLoadError(ValueError):
@@ -28,7 +35,23 @@ def _fail(name: str, reason: str) -> ImageLoadError:
     return ImageLoadError(f"cannot read image {name!r}: {reason}; expected a PNG/JPEG/WebP/TIFF/... image file")
 
 
-def _decode(fp: str | os.PathLike | IO[bytes], name: str, max_pixels: int) -> Image.Image:
+def _shape_problem(width: int, height: int, max_aspect_ratio: float | None) -> str | None:
+    """Why a ``width x height`` image is refused for its aspect ratio, or ``None`` if it is acceptable."""
+    if max_aspect_ratio is None or min(width, height) <= 0:
+        return None
+    ratio = max(width, height) / min(width, height)
+    if ratio <= max_aspect_ratio:
+        return None
+    return (
+        f"{width}x{height} pixels (width x height): its aspect ratio {ratio:g}:1 is more than "
+        f"max_aspect_ratio={max_aspect_ratio:g} (resizing its short side to the model's input size would need "
+        "gigabytes; crop or pad it first, or pass max_aspect_ratio=None)"
+    )
+
+
+def _decode(
+    fp: str | os.PathLike | IO[bytes], name: str, max_pixels: int, max_aspect_ratio: float | None = MAX_ASPECT_RATIO
+) -> Image.Image:
     try:
         with warnings.catch_warnings():  # we do our own size check below, with our own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -43,6 +66,8 @@ def _decode(fp: str | os.PathLike | IO[bytes], name: str, max_pixels: int) -> Im
     if width * height > max_pixels:
         reason = f"image is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}"
         raise _fail(name, f"{reason} (possible decompression bomb; pass a larger max_pixels= to allow it)")
+    if (problem := _shape_problem(width, height, max_aspect_ratio)) is not None:
+        raise _fail(name, f"image is {problem}")
     try:
         img.load()  # decode now so truncated/corrupt data fails here, not lazily later
         img = ImageOps.exif_transpose(img)
@@ -53,26 +78,36 @@ def _decode(fp: str | os.PathLike | IO[bytes], name: str, max_pixels: int) -> Im
     return img
 
 
-def open_image(path_or_file: str | os.PathLike | IO[bytes], *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(
+    path_or_file: str | os.PathLike | IO[bytes],
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+) -> Image.Image:
     """Open, fully decode, EXIF-orient and RGB-convert one image.
 
     Args:
         path_or_file: A filesystem path (``str`` or ``os.PathLike``) or a binary file object opened for reading.
         max_pixels: Largest allowed ``width * height``, checked from the header before decoding. PIL's global
             ``Image.MAX_IMAGE_PIXELS`` is not changed (PIL still refuses images over twice it in ``Image.open``).
+        max_aspect_ratio: Largest allowed long side / short side, checked from the header before decoding
+            (:data:`MAX_ASPECT_RATIO`); ``None`` for no limit.
 
     Returns:
         A fully loaded 8-bit ``"RGB"`` PIL image, rotated/flipped per its EXIF orientation.
 
     Raises:
-        ImageLoadError: Naming the file, if it is missing, a directory, empty, not an image, truncated/corrupt,
-            over ``max_pixels``, or of a mode :func:`to_rgb` cannot convert.
+        ImageLoadError: Naming the file, if it is a URL (``http://...``: not fetched), missing, a directory, empty,
+            not an image, truncated/corrupt, over ``max_pixels`` or ``max_aspect_ratio``, or of a mode
+            :func:`to_rgb` cannot convert.
     """
     if not isinstance(path_or_file, (str, os.PathLike)):
         name = getattr(path_or_file, "name", None) or f"<{type(path_or_file).__name__} object>"
-        img = _decode(path_or_file, name, max_pixels)
+        img = _decode(path_or_file, name, max_pixels, max_aspect_ratio)
     else:
         name, path = os.fspath(path_or_file), Path(path_or_file)
+        if isinstance(path_or_file, str) and _URL.match(path_or_file) and not path.exists():
+            raise _fail(name, "URLs are not supported, download the image first")
         if not path.exists():
             raise _fail(name, "no such file")
         if path.is_dir():
@@ -81,7 +116,7 @@ def open_image(path_or_file: str | os.PathLike | IO[bytes], *, max_pixels: int =
             raise _fail(name, "file is empty (0 bytes)")
         try:
             with open(path, "rb") as f:
-                img = _decode(f, name, max_pixels)
+                img = _decode(f, name, max_pixels, max_aspect_ratio)
         except OSError as e:
             raise _fail(name, f"cannot open file ({e})") from e
     try:
@@ -146,6 +181,13 @@ def _array_to_hwc(arr: np.ndarray, name: str, layout: str) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or 0 in arr.shape:
         raise ImageLoadError(f"{name}: expected {layout} with 1, 3 or 4 channels, got shape {tuple(arr.shape)}")
     if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            r, c, ch = (int(v) for v in np.argwhere(~finite)[0])
+            raise ImageLoadError(
+                f"{name}: float pixel values contain NaN or infinity ({int((~finite).sum())} of {arr.size} values; "
+                f"first at channel {ch}, row {r}, column {c}); they must lie in [0, 1]"
+            )
         lo, hi = float(np.min(arr)), float(np.max(arr))
         if not (-1e-3 <= lo and hi <= 1 + 1e-3):  # 1e-3 slack for rounding noise; also rejects NaN
             raise ImageLoadError(f"{name}: float pixel values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
@@ -157,7 +199,27 @@ def _array_to_hwc(arr: np.ndarray, name: str, layout: str) -> np.ndarray:
     return _composite_over_white(arr) if arr.shape[2] == 4 else arr
 
 
-def to_uint8_chw(image: Any, *, max_pixels: int = MAX_IMAGE_PIXELS, name: str = "image") -> torch.Tensor:
+def _check_aspect(image: Any, name: str, max_aspect_ratio: float | None) -> None:
+    """Refuse an in-memory image (PIL, HWC ndarray, CHW tensor) whose aspect ratio is over the limit."""
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    elif isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        height, width = image.shape[:2]
+    elif isinstance(image, torch.Tensor) and image.ndim == 3:
+        height, width = image.shape[-2:]
+    else:
+        return  # wrong shapes get their own error below
+    if (problem := _shape_problem(int(width), int(height), max_aspect_ratio)) is not None:
+        raise ImageLoadError(f"{name}: {problem}")
+
+
+def to_uint8_chw(
+    image: Any,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    name: str = "image",
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+) -> torch.Tensor:
     """Convert ONE image to a contiguous CPU uint8 tensor of shape ``[3, H, W]``.
 
     Args:
@@ -168,17 +230,20 @@ def to_uint8_chw(image: Any, *, max_pixels: int = MAX_IMAGE_PIXELS, name: str = 
             in [0, 1] (converted with ``round(x * 255)``). Alpha is composited over white, 1 channel is repeated.
         max_pixels: Decompression-bomb limit passed to :func:`open_image` for paths and file objects.
         name: How the argument is called in error messages.
+        max_aspect_ratio: Largest allowed long side / short side (:data:`MAX_ASPECT_RATIO`); ``None``: no limit.
 
     Returns:
         A new contiguous ``torch.uint8`` tensor of shape ``[3, H, W]`` on the CPU (never aliases the input).
 
     Raises:
         TypeError: If ``image`` is none of the accepted types.
-        ImageLoadError: If the file is unreadable or the shape, dtype, mode or value range is wrong.
+        ImageLoadError: If the file is unreadable (or a URL), the aspect ratio is over ``max_aspect_ratio``, or the
+            shape, dtype, mode or value range is wrong (NaN/infinity included).
     """
+    _check_aspect(image, name, max_aspect_ratio)
     try:
         if isinstance(image, (str, os.PathLike)) or hasattr(image, "read"):
-            image = open_image(image, max_pixels=max_pixels)
+            image = open_image(image, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
         if isinstance(image, Image.Image):
             image = np.asarray(to_rgb(image))  # (H, W, 3) uint8
     except ImageLoadError as e:
@@ -231,12 +296,15 @@ def as_image_list(images: Any) -> list:
     raise TypeError(f"images: expected an image, a list/tuple/iterable of images or a 4-D batch, got {type(images)}")
 
 
-def load_images(images: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> list[torch.Tensor]:
+def load_images(
+    images: Any, *, max_pixels: int = MAX_IMAGE_PIXELS, max_aspect_ratio: float | None = MAX_ASPECT_RATIO
+) -> list[torch.Tensor]:
     """Load one image or a batch into a list of uint8 ``[3, H, W]`` CPU tensors (sizes may differ).
 
     Args:
         images: Anything accepted by :func:`as_image_list`; each item anything accepted by :func:`to_uint8_chw`.
         max_pixels: Decompression-bomb limit for items that are paths/file objects.
+        max_aspect_ratio: Largest allowed long side / short side of every item; ``None``: no limit.
 
     Returns:
         One contiguous ``torch.uint8`` tensor of shape ``[3, H_i, W_i]`` per image, in input order.
@@ -245,4 +313,7 @@ def load_images(images: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> list[torc
         TypeError, ImageLoadError: As :func:`to_uint8_chw`, the message starting ``"image {i} of the batch: "``.
     """
     items = as_image_list(images)
-    return [to_uint8_chw(item, max_pixels=max_pixels, name=f"image {i} of the batch") for i, item in enumerate(items)]
+    return [
+        to_uint8_chw(item, max_pixels=max_pixels, name=f"image {i} of the batch", max_aspect_ratio=max_aspect_ratio)
+        for i, item in enumerate(items)
+    ]

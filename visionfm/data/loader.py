@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .images import MAX_IMAGE_PIXELS, ImageLoadError, to_uint8_chw
+from .images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageLoadError, _shape_problem, to_uint8_chw
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, str, torch.Tensor]:
         item = self.items[i]
-        if self.raw_jpeg and _is_path(item):
+        if self.raw_jpeg and _is_path(item) and os.path.isfile(item):  # else to_uint8_chw names the problem
             with open(item, "rb") as f:
                 data = f.read()
             if data[:3] == _JPEG_MAGIC:
@@ -74,6 +74,8 @@ def _decode_jpegs(rows: list[tuple[int, str, torch.Tensor]], items: Sequence[Any
             raise ImageLoadError(
                 f"image {rows[k][0]} of the batch: {w}x{h} pixels is more than max_pixels={max_pixels}"
             )
+        if (problem := _shape_problem(int(w), int(h), MAX_ASPECT_RATIO)) is not None:
+            raise ImageLoadError(f"image {rows[k][0]} of the batch: {problem}")
     return out  # type: ignore[return-value]
 
 

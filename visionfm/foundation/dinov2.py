@@ -17,7 +17,7 @@ import torch
 
 from .encoder import Encoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
-from .loading import hf_model_type
+from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
@@ -139,7 +139,7 @@ def build(req: LoadRequest) -> Dinov2Encoder:
     """Build a :class:`Dinov2Encoder` from a transformers checkpoint directory."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(req.path, use_safetensors=None if req.allow_pickle else True)
+    model = load_hf_model(AutoModel, req.path, allow_pickle=req.allow_pickle)
     if model.config.model_type not in MODEL_TYPES:
         raise ValueError(f"{req.path} holds a {model.config.model_type!r} model, not DINOv2")
     return Dinov2Encoder(model, load_preprocess_config(req.path), name=req.name)

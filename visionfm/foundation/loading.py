@@ -52,6 +52,11 @@ class PickleCheckpointError(ValueError):
     """A pickle checkpoint was found and the caller did not opt in to loading it."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint's weights are unusable: a file that is not valid safetensors, a tensor the model needs that the
+    checkpoint lacks, or a tensor of the wrong shape. The message names the file and the tensors."""
+
+
 # -- weights ---------------------------------------------------------------------------------------
 def find_weights(directory: Path, safetensors: Iterable[str], pickles: Iterable[str], *, allow_pickle: bool) -> Path:
     """Pick the weights file in ``directory``: a safetensors file, else (opt-in only) a pickle.
@@ -104,7 +109,11 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        check_safetensors(path)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors' SafetensorError and OSError: name the file
+            raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})") from e
     if not allow_pickle:
         raise PickleCheckpointError(pickle_refusal(path))
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -115,24 +124,124 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
     return obj
 
 
+def json_error(path: Path, e: json.JSONDecodeError) -> str:
+    """The message for a malformed JSON file: the file, then where and what (``invalid JSON at line 3, column
+    20: Expecting property name enclosed in double quotes``)."""
+    return f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON file, with an error naming the file if it is malformed."""
+    """Read a JSON file, with an error naming the file and the line if it is malformed."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON in {path}: {e}") from None
+        raise ValueError(json_error(path, e)) from None
 
 
 def hf_model_type(path: Path) -> str | None:
-    """``model_type`` of the transformers ``config.json`` in ``path``, or ``None`` if absent/unreadable."""
+    """``model_type`` of the transformers ``config.json`` in ``path``, or ``None`` if absent or not a JSON object.
+
+    Raises:
+        ValueError: ``config.json`` is not valid JSON (naming the file and the line), so a damaged checkpoint is
+            reported as such rather than as "not in a format visionfm recognises".
+    """
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
     try:
-        mt = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, AttributeError, OSError):
+        mt = read_json(cfg).get("model_type")
+    except (AttributeError, OSError, UnicodeDecodeError):
         return None
     return mt if isinstance(mt, str) else None
+
+
+def check_safetensors(path: Path) -> None:
+    """Check that ``path`` is a complete safetensors file (header and data sizes agree), reading the header only.
+
+    Raises:
+        CheckpointError: naming the file, for an empty, truncated or random-bytes file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    hint = "it is truncated or corrupt: download or save it again"
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a valid safetensors file: it is empty (0 bytes); {hint}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors' SafetensorError (header too small/large, incomplete), OSError, ...
+        raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e}); {hint}") from e
+
+
+def hf_weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers reads from checkpoint directory ``path`` (``model.safetensors``, or the
+    shards its ``model.safetensors.index.json`` lists)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = read_json(index).get("weight_map", {})
+        return [path / s for s in sorted(set(shards.values())) if (path / s).is_file()]
+    return []
+
+
+def _ignored_missing(model: torch.nn.Module) -> list[re.Pattern]:
+    """Patterns of keys transformers documents as allowed to be absent: ``_keys_to_ignore_on_load_missing`` and the
+    targets of tied weights (filled from their source)."""
+    pats: list[str] = []
+    for m in model.modules():
+        pats += list(getattr(m, "_keys_to_ignore_on_load_missing", None) or [])
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or []
+    pats += [rf"(^|\.){re.escape(k)}$" for k in tied]
+    return [re.compile(p) for p in pats]
+
+
+def load_hf_model(model_cls: Any, path: Path, *, allow_pickle: bool = False) -> Any:
+    """``model_cls.from_pretrained(path)`` that refuses a damaged checkpoint instead of randomly initialising parts.
+
+    Args:
+        model_cls: a transformers model class (``AutoModel``, ``SamModel``, ...).
+        path: checkpoint directory.
+        allow_pickle: also accept ``pytorch_model.bin`` when there are no safetensors.
+
+    Raises:
+        CheckpointError: naming the weights file, when it is not valid safetensors, lacks tensors the model needs
+            (the first few missing names are listed) or holds a tensor of the wrong shape (name, shape found,
+            shape expected).
+    """
+    path = Path(path)
+    files = hf_weight_files(path)
+    for f in files:
+        check_safetensors(f)
+    where = files[0] if len(files) == 1 else path
+    try:
+        model, info = model_cls.from_pretrained(
+            path, use_safetensors=None if allow_pickle else True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":
+            raise CheckpointError(f"{where} is not a valid safetensors file ({e})") from e
+        raise
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        shown = "; ".join(f"{k}: {tuple(a)} in the file, expected {tuple(b)}" for k, a, b in sorted(mismatched)[:5])
+        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+        raise CheckpointError(
+            f"{where}: {len(mismatched)} tensor(s) have the wrong shape for the model its config.json describes: "
+            f"{shown}{more}. The weights do not belong to this config; download or save the checkpoint again"
+        )
+    ignored = _ignored_missing(model)
+    missing = sorted(k for k in info.get("missing_keys") or [] if not any(p.search(k) for p in ignored))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(
+            f"{where} is missing {len(missing)} tensor(s) that {type(model).__name__} needs (they would stay randomly "
+            f"initialised): {', '.join(missing[:5])}{more}. The file is incomplete or belongs to a different model; "
+            "download or save the checkpoint again"
+        )
+    return model
 
 
 # -- sources ---------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ _INTERP = {
 }
 # PIL resample codes used in transformers' preprocessor_config.json files.
 _PIL_CODE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+#: Largest image, in pixels, that preprocessing resizes to (before crop/pad): 2**25 = 33.5M pixels, i.e. 100 MB of
+#: uint8 RGB. Far above any model input (a 224 short side at the 100:1 aspect limit is 5M pixels), it stops a
+#: mis-set ``resize_size`` or an extreme image from allocating gigabytes.
+MAX_RESIZED_PIXELS: int = 2**25
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,32 @@ class PreprocessConfig:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON in {path}: {e}") from None
+    except json.JSONDecodeError as e:  # the same message as visionfm.foundation.loading.read_json
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _check_sizes(images: list[torch.Tensor], cfg: PreprocessConfig) -> None:
+    """Refuse, before any resize, an image whose aspect ratio is over the limit or whose resized size would be empty
+    or over :data:`MAX_RESIZED_PIXELS` (naming the image's index in this call, its size and the limit)."""
+    from ..data.images import MAX_ASPECT_RATIO, ImageLoadError, _shape_problem
+
+    for i, im in enumerate(images):
+        h, w = int(im.shape[-2]), int(im.shape[-1])
+        if h < 1 or w < 1:
+            raise ImageLoadError(f"image {i} of the batch is empty ({w}x{h} pixels, width x height)")
+        if (problem := _shape_problem(w, h, MAX_ASPECT_RATIO)) is not None:
+            raise ImageLoadError(f"image {i} of the batch: {problem}")
+        nh, nw = _resize_hw(h, w, cfg)
+        if nh < 1 or nw < 1 or nh * nw > MAX_RESIZED_PIXELS:
+            why = (
+                "an empty image"
+                if nh < 1 or nw < 1
+                else f"{nh * nw} pixels, more than MAX_RESIZED_PIXELS={MAX_RESIZED_PIXELS}"
+            )
+            raise ImageLoadError(
+                f"image {i} of the batch: {w}x{h} pixels (width x height) would be resized ({cfg.resize} "
+                f"{cfg.resize_size}) to {nw}x{nh} = {why}; crop or pad the image first"
+            )
 
 
 def _resize_hw(h: int, w: int, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -278,9 +306,15 @@ def preprocess_uint8(
     Returns:
         ``(pixel_values, resized_sizes)``: float32 ``[B, 3, H, W]`` normalised input and, per image,
         the ``(h, w)`` it had after resizing and before crop/pad (SAM needs it to map prompts).
+
+    Raises:
+        ImageLoadError: an image is empty, has an aspect ratio over ``visionfm.data.images.MAX_ASPECT_RATIO``
+            (100:1), or would be resized to an empty image or to more than :data:`MAX_RESIZED_PIXELS`; checked
+            before any pixel is resized.
     """
     if not images:
         raise ValueError("preprocess needs at least one image")
+    _check_sizes(images, cfg)
     if device is not None:
         images = [im.to(device, non_blocking=True) for im in images]
     resized: list[torch.Tensor | None] = [None] * len(images)

@@ -18,7 +18,7 @@ import torch
 
 from .encoder import Encoder, tap_blocks
 from .features import EncoderInfo, Features
-from .loading import hf_model_type
+from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
 
@@ -137,7 +137,7 @@ def build(req: LoadRequest) -> SamEncoder:
     """Build a :class:`SamEncoder` from a transformers checkpoint directory."""
     from transformers import SamModel
 
-    model = SamModel.from_pretrained(req.path, use_safetensors=None if req.allow_pickle else True)
+    model = load_hf_model(SamModel, req.path, allow_pickle=req.allow_pickle)
     image_size = _int(model.config.vision_config.image_size)
     return SamEncoder(model, load_preprocess_config(req.path, image_size), name=req.name)
 

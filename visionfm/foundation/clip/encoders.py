@@ -23,7 +23,15 @@ import torch
 
 from ..encoder import Encoder, tap_blocks, tokens_to_grid
 from ..features import EncoderInfo, Features
-from ..loading import find_weights, hf_model_type, read_json, read_state_dict
+from ..loading import (
+    CheckpointError,
+    check_safetensors,
+    find_weights,
+    hf_model_type,
+    load_hf_model,
+    read_json,
+    read_state_dict,
+)
 from ..preprocess import PreprocessConfig
 from ..registry import LoadRequest
 
@@ -253,7 +261,12 @@ def _build_open_clip(req: LoadRequest) -> OpenClipEncoder:
     )
     if weights.suffix != ".safetensors":
         read_state_dict(weights, allow_pickle=req.allow_pickle)  # fails fast on a malicious pickle
-    open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
+    else:
+        check_safetensors(weights)  # names the file when it is empty, truncated or not safetensors at all
+    try:
+        open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
+    except RuntimeError as e:  # torch's strict load_state_dict: missing / unexpected / wrong-shape tensors
+        raise CheckpointError(f"{weights} does not match the model its open_clip_config.json describes: {e}") from e
     arch = req.extra.get("open_clip_arch")
     tokenizer = open_clip.get_tokenizer(arch) if arch and not (req.path / "open_clip_config.json").is_file() else None
     if tokenizer is None:
@@ -344,7 +357,7 @@ class HFClipEncoder(_ClipBase):
 def _build_hf(req: LoadRequest) -> HFClipEncoder:
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(req.path, use_safetensors=None if req.allow_pickle else True)
+    model = load_hf_model(AutoModel, req.path, allow_pickle=req.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(req.path)
     kind = model.config.model_type
     pp = PreprocessConfig.from_hf_dir(req.path, "SiglipImageProcessor" if kind == "siglip" else "CLIPImageProcessor")
