@@ -155,3 +155,22 @@ def test_run_generation_with_prompts_writes_images_grid_and_json(tmp_path, tiny_
     assert main(["run", "generation", "--model", model, "--labels", "goldfish", "--device", "cpu"]) == 2
     dit = str(tiny_checkpoint("dit", root=tiny_root))
     assert main(["run", "generation", "--model", dit, "--prompts", "a cat", "--device", "cpu"]) == 2
+
+
+def test_run_zero_shot_seg_keeps_pictures_of_images_with_the_same_stem(tmp_path, tiny_root, photos, capsys):
+    from PIL import Image
+
+    paths = [tmp_path / "x" / "pic.png", tmp_path / "y" / "pic.jpg"]
+    for p, photo in zip(paths, photos[:2]):
+        p.parent.mkdir()
+        Image.fromarray(photo).save(p)
+    model = str(tiny_checkpoint("clip", "open_clip", root=tiny_root))
+    out = tmp_path / "out"
+    args = ["run", "zero-shot-seg", *map(str, paths), "--model", model, "--labels", "cat,sofa", "--device", "cpu"]
+    assert main([*args, "--templates", "single", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for kind in ("labels", "colours", "overlay"):
+        files = sorted(out.glob(f"pic*_{kind}.png"))
+        assert len(files) == 2, files
+        sizes = {Image.open(f).size for f in files}
+        assert sizes == {(p.shape[1], p.shape[0]) for p in photos[:2]}  # one picture per input image

@@ -15,6 +15,21 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _picture_stems(images: Sequence[str]) -> list[str]:
+    """File-name stems for the pictures of ``images``: the image's own stem, with ``-`` and 8 hex digits of its full
+    path added when another input image has the same stem (``x/pic.png`` and ``y/pic.jpg``), so none overwrites
+    another's pictures."""
+    import hashlib
+    from collections import Counter
+
+    stems = [Path(p).stem for p in images]
+    count = Counter(stems)
+    return [
+        s if count[s] == 1 else f"{s}-{hashlib.sha256(str(Path(p).resolve()).encode()).hexdigest()[:8]}"
+        for s, p in zip(stems, images)
+    ]
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the registry of named checkpoints as a table."""
     from .foundation.registry import families, list_models
@@ -68,18 +83,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runner = Runner(suite, args.model, args.out or "results", batch_size=args.batch_size, chunk_size=args.chunk_size,
                     num_workers=args.num_workers)  # fmt: skip
     report = runner.run()
+    failed = [r for r in report["results"] if "error" in r]
     if runner.is_main:
         from .eval.report import _fmt_value, _is_number
 
         rows = []
         for r in report["results"]:  # every numeric metric; values in [0, 1] as percentages, as in the report
+            if "error" in r:
+                rows.append([r["name"], r["dataset"], "error", r["error"], str(r["samples"]), str(r["skipped"])])
+                continue
             shown = {k: v for k, v in r["metrics"].items() if _is_number(v)} or {"-": None}
             for metric, value in shown.items():
                 percent = _is_number(value) and isinstance(value, float) and 0.0 <= value <= 1.0
                 cell = _fmt_value(value, percent) + ("%" if percent else "")
                 rows.append([r["name"], r["dataset"], metric, cell, str(r["samples"]), str(r["skipped"])])
         print(_table(rows, ["task", "dataset", "metric", "value", "samples", "skipped"]))
-    return 0
+        if failed:
+            names = ", ".join(r["name"] for r in failed)
+            print(f"error: {len(failed)} of {len(report['results'])} tasks failed ({names}); their errors are in "
+                  f"{runner.results_path}", file=sys.stderr)  # fmt: skip
+    return 1 if failed else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -169,8 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         records = [{"image": img, **r.to_dict()} for img, r in zip(args.images, results)]
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            for img, r in zip(args.images, results):
-                r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_masks.png")
+            for img, stem, r in zip(args.images, _picture_stems(args.images), results):
+                r.overlay(img).save(Path(args.out) / f"{stem}_masks.png")
     elif args.task == "zero-shot-seg":
         if not labels:
             raise ValueError("zero-shot-seg needs --labels (e.g. --labels 'cat,sofa')")
@@ -186,8 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from PIL import Image
 
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            for img, r in zip(args.images, results):
-                stem = Path(img).stem
+            for img, stem, r in zip(args.images, _picture_stems(args.images), results):
                 Image.fromarray(r.label_map.numpy().astype(np.uint16)).save(Path(args.out) / f"{stem}_labels.png")
                 Image.fromarray(r.colour_map()).save(Path(args.out) / f"{stem}_colours.png")
                 r.overlay(img).save(Path(args.out) / f"{stem}_overlay.png")
@@ -209,8 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         records = [{"image": img, "detections": r.to_dict()} for img, r in zip(args.images, results)]
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            for img, r in zip(args.images, results):
-                r.overlay(img).save(Path(args.out) / f"{Path(img).stem}_grounding.png")
+            for img, stem, r in zip(args.images, _picture_stems(args.images), results):
+                r.overlay(img).save(Path(args.out) / f"{stem}_grounding.png")
     elif args.task == "generation" and args.prompts is not None:
         prompts = [x.strip() for x in args.prompts.split(";") if x.strip()]
         if not prompts:

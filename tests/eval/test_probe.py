@@ -212,3 +212,44 @@ def test_linear_probe_warns_when_the_iteration_cap_is_hit(caplog, capsys):
     with caplog.at_level(logging.WARNING, logger="visionfm.eval.probe"):
         linear_probe(*split, num_classes=10, weight_decays=(1e-3,))  # the default cap is not reached
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_train_val_split_is_stratified_seeded_and_deterministic():
+    from visionfm.eval.probe import train_val_split
+
+    y = torch.arange(5).repeat_interleave(torch.tensor([10, 20, 5, 1, 14]))  # sorted by class, like an imagefolder
+    tr, va = train_val_split(y, val_fraction=0.2, seed=0)
+    assert sorted(torch.cat([tr, va]).tolist()) == list(range(len(y)))  # disjoint, covers everything
+    assert tr.tolist() == sorted(tr.tolist()) and va.tolist() == sorted(va.tolist())
+    per_class = torch.bincount(y[va], minlength=5).tolist()
+    assert per_class == [2, 4, 1, 0, 3]  # 20% of each class, at least one; a singleton class stays in train
+    assert set(y[tr].tolist()) == set(range(5))
+    again = train_val_split(y, val_fraction=0.2, seed=0)
+    assert torch.equal(again[0], tr) and torch.equal(again[1], va)
+    other = train_val_split(y, val_fraction=0.2, seed=1)[1]
+    assert not torch.equal(other, va) and torch.bincount(y[other], minlength=5).tolist() == per_class
+
+
+def test_linear_probe_task_without_val_validates_on_every_class(monkeypatch):
+    from types import SimpleNamespace
+
+    import visionfm.eval.probe as probe_module
+    from visionfm.eval.tasks import linear_probe as probe_task
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4, size=(4, 6))
+    y = torch.arange(4).repeat_interleave(25)  # dataset order = class order: the last 20% is class 3 only
+    x = torch.from_numpy(centres[y.numpy()] + rng.normal(size=(len(y), 6))).float()
+    feats = {"pooled": x, "label": y, "valid": torch.ones(len(y), dtype=torch.bool), "index": torch.arange(len(y))}
+    seen = []
+    real = probe_module.linear_probe
+    monkeypatch.setattr(probe_module, "linear_probe", lambda *a, **k: seen.append(a) or real(*a, **k))
+    task = {"name": "lp", "task": "linear_probe", "train": "tr", "test": "te", "epochs": 50,
+            "weight_decays": [1e-3, 1e-1], "classnames": ["a", "b", "c", "d"]}  # fmt: skip
+    res = probe_task(SimpleNamespace(features=lambda name: feats), task)
+    fit_y, val_y = seen[0][1], seen[0][3]
+    assert torch.bincount(val_y, minlength=4).tolist() == [5, 5, 5, 5]  # every class, 20% of each
+    assert torch.bincount(fit_y, minlength=4).tolist() == [20, 20, 20, 20]
+    assert res["metrics"]["acc1"] > 0.9 and "stratified" in res["protocol"]["val"]
+    again = probe_task(SimpleNamespace(features=lambda name: feats), task)
+    assert torch.equal(seen[1][3], val_y) and again == res  # seeded: the same split and result every time

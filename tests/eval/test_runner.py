@@ -227,3 +227,141 @@ def test_toyworld_suite_reproduces_the_demo(tmp_path):
     )
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
     assert np.isfinite([r["metrics"][next(iter(r["metrics"]))] for r in rep["results"]]).all()
+
+
+# -- cache keys, result names, damaged chunks, unusable data, argument checks ---------------------------------------
+def _folder(tmp_path: Path, num: int = 47) -> Path:
+    from visionfm.toyworld.export import export_imagefolder
+
+    return export_imagefolder(tmp_path / "folder", "test", num, label="colour", image_size=32, progress=False)
+
+
+def _zs_suite(folder: Path, path: Path) -> Path:
+    spec = {"name": "fold", "datasets": {"f": {"source": "imagefolder", "path": str(folder)}},
+            "tasks": [{"task": "zero_shot_classification", "dataset": "f", "templates": "single"}]}  # fmt: skip
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _scores(report: dict) -> list:
+    return [(r["name"], r["samples"], r["skipped"], r["metrics"], r.get("confusion")) for r in report["results"]]
+
+
+def test_rerun_after_the_imagefolder_changed_scores_the_new_listing(clip_dir, tmp_path):
+    from visionfm.cli import main
+
+    folder = _folder(tmp_path)
+    suite = _zs_suite(folder, tmp_path / "fold.yaml")
+    args = ["eval", str(suite), "--model", str(clip_dir), "--batch-size", "8", "--chunk-size", "16", "--out"]
+    assert main([*args, str(tmp_path / "out")]) == 0
+    assert _results(tmp_path / "out")["results"][0]["samples"] == 47
+    (folder / "zz-new").mkdir()  # one more class with one image: 48 samples, still 3 chunks of 16
+    shutil.copy(sorted(folder.rglob("*.png"))[0], folder / "zz-new" / "extra.png")
+    assert main([*args, str(tmp_path / "out")]) == 0
+    rerun = _results(tmp_path / "out")
+    assert rerun["results"][0]["samples"] == 48 and sum(rerun["results"][0]["confusion"][-1]) == 1
+    assert main([*args, str(tmp_path / "fresh")]) == 0
+    assert _scores(rerun) == _scores(_results(tmp_path / "fresh"))  # the same as a run with no cache
+
+
+def test_rerun_with_another_chunk_size_counts_every_sample_once(clip_dir, tmp_path):
+    suite = load_suite(_zs_suite(_folder(tmp_path), tmp_path / "fold.yaml"))
+    first = Runner(suite, str(clip_dir), tmp_path / "out", batch_size=8, chunk_size=16).run()
+    again = Runner(suite, str(clip_dir), tmp_path / "out", batch_size=8, chunk_size=10).run()
+    assert first["results"][0]["samples"] == again["results"][0]["samples"] == 47
+    assert _scores(again) == _scores(first)
+
+
+def test_checkpoints_sharing_a_directory_name_get_their_own_results_files(clip_dir, tmp_path):
+    from visionfm.cli import main
+
+    suite = _zs_suite(_folder(tmp_path, 12), tmp_path / "fold.yaml")
+    models = [tmp_path / "runs" / exp / "final" for exp in ("exp1", "exp2")]
+    out = tmp_path / "out"
+    for m in models:
+        shutil.copytree(clip_dir, m)
+        assert main(["eval", str(suite), "--model", str(m), "--out", str(out), "--batch-size", "8"]) == 0
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 2 and all(f.name.startswith("fold__final") for f in files), files
+    assert sorted(json.loads(f.read_text())["model"] for f in files) == sorted(map(str, models))
+    assert main(["eval", "--report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert str(models[0]) in md and str(models[1]) in md
+
+
+def test_truncated_chunk_file_is_recomputed_with_a_warning(clip_dir, tmp_path, caplog):
+    suite = load_suite(_zs_suite(_folder(tmp_path), tmp_path / "fold.yaml"))
+    first = Runner(suite, str(clip_dir), tmp_path, batch_size=8, chunk_size=16).run()
+    chunks = sorted((tmp_path / "cache").rglob("chunk_*.safetensors"))
+    assert len(chunks) == 3
+    chunks[1].write_bytes(chunks[1].read_bytes()[:100])  # a half-written / truncated file
+    finished = []
+    with caplog.at_level("WARNING", logger="visionfm.eval.runner"):
+        again = Runner(suite, str(clip_dir), tmp_path, batch_size=8, chunk_size=16, after_chunk=finished.append).run()
+    assert _scores(again) == _scores(first) and len(finished) == 1  # only the damaged chunk was computed again
+    assert any(chunks[1].name in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_dataset_is_an_error_result_and_other_tasks_still_run(clip_dir, tmp_path, capsys):
+    from visionfm.cli import main
+
+    good = _folder(tmp_path, 12)
+    bad = _folder(tmp_path / "b", 6)
+    for f in bad.rglob("*.png"):
+        f.write_bytes(b"not an image")
+    spec = {"name": "mixed",
+            "datasets": {"good": {"source": "imagefolder", "path": str(good)},
+                         "bad": {"source": "imagefolder", "path": str(bad)}},
+            "tasks": [{"task": "zero_shot_classification", "dataset": "good", "templates": "single"},
+                      {"task": "knn", "train": "bad", "test": "good", "k": 3},
+                      {"task": "zero_shot_classification", "dataset": "bad", "templates": "single"},
+                      {"task": "linear_probe", "train": "bad", "test": "good", "epochs": 5},
+                      {"name": "last", "task": "knn", "train": "good", "test": "good", "k": 3}]}  # fmt: skip
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    args = ["eval", str(tmp_path / "mixed.yaml"), "--model", str(clip_dir), "--out", str(out), "--batch-size", "8"]
+    assert main(args) == 1
+    printed = capsys.readouterr()
+    res = _results(out)["results"]
+    assert [("error" in r) for r in res] == [False, True, True, True, False]
+    assert res[0]["metrics"]["acc1"] >= 0 and res[4]["metrics"]["acc1"] >= 0
+    for r in res[1:4]:
+        assert r["name"] in r["error"] and "'bad'" in r["error"] and r["metrics"] == {}, r
+        assert r["name"] in printed.out and "error" in printed.out
+    assert "3 of 5 tasks failed" in printed.err
+
+
+def test_runner_rejects_non_positive_sizes(clip_dir, suite_file, capsys):
+    from visionfm.cli import main
+
+    for arg in ("batch_size", "chunk_size"):
+        for bad in (0, -1, 2.5, True):
+            with pytest.raises(ValueError, match=arg):
+                Runner(load_suite(suite_file), str(clip_dir), "unused", **{arg: bad})
+    with pytest.raises(ValueError, match="num_workers"):
+        Runner(load_suite(suite_file), str(clip_dir), "unused", num_workers=-1)
+    for flag in ("--chunk-size", "--batch-size"):
+        assert main(["eval", str(suite_file), "--model", str(clip_dir), flag, "0"]) == 2
+        assert flag.lstrip("-").replace("-", "_") in capsys.readouterr().err
+
+
+def test_map_chunks_accepts_a_dataset_without_ids(clip_dir, tmp_path):
+    import torch
+
+    class Plan(torch.utils.data.Dataset):  # like a generation plan: no ids, no class names, no images
+        labels = [0, 1, 1, 2, 0]
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, i: int) -> dict:
+            return {"index": i, "id": f"s{i}", "image": None, "label": self.labels[i], "captions": [], "target": None,
+                    "error": None}  # fmt: skip
+
+    runner = Runner(load_suite("toyworld"), str(clip_dir), tmp_path, batch_size=2, chunk_size=2)
+    fn = lambda samples: {"twice": torch.tensor([2 * s["label"] for s in samples])}  # noqa: E731
+    rows = runner.map_chunks("plan", Plan(), fn, "plan")
+    assert rows["twice"].tolist() == [0, 2, 2, 4, 0] and rows["valid"].all()
+    again = Runner(load_suite("toyworld"), str(clip_dir), tmp_path, batch_size=2, chunk_size=2, after_chunk=print)
+    assert again.map_chunks("plan", Plan(), fn, "plan")["twice"].tolist() == [0, 2, 2, 4, 0]
+    assert again._chunks_done == 0  # read back from the cache

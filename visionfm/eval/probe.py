@@ -143,6 +143,45 @@ def _fit_logreg(
     return unpack(res.x)
 
 
+def train_val_split(
+    labels: torch.Tensor | np.ndarray | Sequence[int], val_fraction: float = 0.2, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified, seeded train/val split of a labelled set: ``(fit indices, val indices)``, each ascending.
+
+    Each class's samples are shuffled by a generator seeded with ``(seed, class)`` and
+    ``round(val_fraction * n_class)`` of them go to val, at least one and never all: a class with a single
+    sample stays in train. So val holds every class that has two or more samples, whatever the dataset order (an
+    imagefolder lists its samples class by class, where "the last 20%" would be classes the fit never sees),
+    the split is the same on every run, and a class's split does not depend on the other classes. The linear
+    probe task uses it, with ``val_fraction = 0.2``, when a suite gives no ``val``.
+
+    Args:
+        labels: ``[N]`` integer labels.
+        val_fraction: the share of each class held out, in ``(0, 1)``.
+        seed: selects the split.
+
+    Returns:
+        Two int64 index tensors that partition ``range(N)``. Val is empty when no class has two samples.
+    """
+    import hashlib
+
+    y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    val: list[torch.Tensor] = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c)[:, 0]
+        n = len(idx)
+        k = min(max(int(np.floor(val_fraction * n + 0.5)), 1), n - 1) if n >= 2 else 0
+        digest = hashlib.sha256(f"{int(seed)}:{int(c)}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        val.append(idx[torch.randperm(n, generator=gen)[:k]])
+    val_idx = torch.sort(torch.cat(val)).values if val else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[val_idx] = False
+    return torch.nonzero(keep)[:, 0], val_idx
+
+
 def linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -179,7 +218,8 @@ def linear_probe(
     Args:
         train_x: ``[N, D]`` training features.
         train_y: ``[N]`` integer labels in ``0..num_classes-1``.
-        val_x: ``[Nv, D]`` validation features (``Nv >= 1``).
+        val_x: ``[Nv, D]`` validation features (``Nv >= 1``). Suites without a val set hold out a stratified,
+            seeded 20% of train (:func:`train_val_split`).
         val_y: ``[Nv]`` validation labels.
         test_x: ``[Nt, D]`` test features.
         test_y: ``[Nt]`` test labels.

@@ -1,6 +1,6 @@
 """Reports over evaluation-suite results: markdown tables and plots from ``visionfm-eval/1`` JSON files.
 
-The suite runner writes one JSON file per run (``<out>/<suite>__<model-slug>.json``)::
+The suite runner writes one JSON file per run (``<out>/<suite>__<model-slug>-<8 hex>.json``, the hex part a hash of the model path and weights)::
 
     {"format": "visionfm-eval/1", "suite": "toyworld", "model": "toyworld-clip", "started": "2026-11-22T01:00:00+00:00",
      "wall_s": 12.3, "world_size": 2, "versions": {...}, "checkpoint_sha256": "...",

@@ -2,6 +2,8 @@
 
 Every task returns ``{"task", "dataset", "metrics": {...}, "samples", "skipped", "protocol", ...}``; classification
 tasks add ``per_class`` (names, recall) and ``confusion`` (rows = true class); segmentation adds per-class IoU.
+A task whose data has no readable sample raises :class:`UnusableDataError`, which the runner records as the
+task's ``"error"`` while the other tasks still run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,37 @@ from .keys import task_key as _task_key
 from .registry import get_task, register_task
 
 logger = logging.getLogger(__name__)
+
+
+class UnusableDataError(ValueError):
+    """A task's dataset has nothing to score (no samples, or none readable). The message names task and dataset.
+
+    Attributes:
+        dataset: the suite name of the unusable dataset.
+        skipped: how many of its samples were unreadable.
+    """
+
+    def __init__(self, message: str, dataset: str, skipped: int = 0) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.skipped = skipped
+
+
+def _readable(runner: Any, task: dict[str, Any], dataset: str, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``rows["valid"]``; raises :class:`UnusableDataError` when not one sample of ``dataset`` could be read."""
+    valid = rows.get("valid")
+    if valid is not None and bool(valid.any()):
+        return valid
+    n = 0 if valid is None else len(valid)
+    detail = "has no samples"
+    if n:
+        detail = f"has no readable sample (all {n} failed to load"
+        try:
+            first = runner.dataset(dataset)[0]["error"]
+            detail += f"; the first: {first})" if first else ")"
+        except Exception:  # noqa: BLE001 - the hint is optional
+            detail += ")"
+    raise UnusableDataError(f"task {task['name']!r} ({task['task']}): dataset {dataset!r} {detail}", dataset, n)
 
 
 def run_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +102,7 @@ def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any
     name = task["dataset"]
     names = _names(runner, task, name)
     feats = runner.features(name)
-    valid = feats["valid"]
+    valid = _readable(runner, task, name, feats)
     templates = task.get("templates", runner.suite.datasets[name].get("templates", "imagenet80"))
     with torch.inference_mode():
         weights = text_classifier(runner.encoder, names, templates)
@@ -87,24 +120,38 @@ def zero_shot_classification(runner: Any, task: dict[str, Any]) -> dict[str, Any
     description="logistic regression on frozen features",
 )
 def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
-    """``{train, val (optional: else the last 20% of train), test, weight_decays, epochs}``: logistic regression on
-    frozen pooled features (cached), regularisation chosen on val, retrained on train+val, scored on test."""
-    from .probe import linear_probe as probe
+    """``{train, val (optional), test, weight_decays, epochs, seed (0)}``: logistic regression on frozen pooled
+    features (cached), regularisation chosen on val, retrained on train+val, scored on test.
+
+    Without ``val``, validation is a stratified, seeded split of train (:func:`visionfm.eval.probe.train_val_split`):
+    20% of each class's readable samples, chosen by ``seed``, so val holds every class the fit sees whatever the
+    dataset order (an imagefolder is sorted by class), and the same split every run."""
+    from . import probe as _probe
 
     tr = runner.features(task["train"])
+    tr_valid = _readable(runner, task, task["train"], tr)
     te = runner.features(task["test"])
+    te_valid = _readable(runner, task, task["test"], te)
     names = _names(runner, task, task["test"])
-    trx, try_ = tr["pooled"][tr["valid"]], tr["label"][tr["valid"]]
+    trx, try_ = tr["pooled"][tr_valid], tr["label"][tr_valid]
+    seed = int(task.get("seed", 0))
     if task.get("val"):
         va = runner.features(task["val"])
-        vax, vay = va["pooled"][va["valid"]], va["label"][va["valid"]]
+        va_valid = _readable(runner, task, task["val"], va)
+        vax, vay = va["pooled"][va_valid], va["label"][va_valid]
+        val_desc = task["val"]
     else:
-        cut = int(0.8 * len(trx))
-        trx, vax, try_, vay = trx[:cut], trx[cut:], try_[:cut], try_[cut:]
+        fit_idx, val_idx = _probe.train_val_split(try_, 0.2, seed=seed)
+        if not len(val_idx):
+            raise UnusableDataError(f"task {task['name']!r} (linear_probe): dataset {task['train']!r} has no class "
+                                    "with 2 readable samples to hold out for validation; give 'val'", task["train"])  # fmt: skip
+        trx, vax, try_, vay = trx[fit_idx], trx[val_idx], try_[fit_idx], try_[val_idx]
+        val_desc = f"stratified 20% of train per class (seed {seed})"
     kw = {k: task[k] for k in ("weight_decays", "epochs", "seed") if k in task}
     if "weight_decays" in kw:
         kw["weight_decays"] = tuple(float(w) for w in kw["weight_decays"])
-    out = probe(trx, try_, vax, vay, te["pooled"][te["valid"]], te["label"][te["valid"]], num_classes=len(names), **kw)
+    tex, tey = te["pooled"][te_valid], te["label"][te_valid]
+    out = _probe.linear_probe(trx, try_, vax, vay, tex, tey, num_classes=len(names), **kw)
     metrics = {k: out[k] for k in ("acc1", "acc5", "mean_per_class_recall") if k in out}
     return {
         "task": "linear_probe",
@@ -112,7 +159,7 @@ def linear_probe(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "samples": int(out.get("test_samples", int(te["valid"].sum()))),
         "skipped": int((~te["valid"]).sum() + (~tr["valid"]).sum()),
-        "protocol": {"train": task["train"], "val": task.get("val", "last 20% of train"),
+        "protocol": {"train": task["train"], "val": val_desc,
                      "chosen_weight_decay": out.get("chosen_weight_decay"), "val_acc1": out.get("val_acc1")},
     }  # fmt: skip
 
@@ -123,7 +170,9 @@ def knn(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     from .metrics import knn_classify
 
     tr = runner.features(task["train"])
+    _readable(runner, task, task["train"], tr)
     te = runner.features(task["test"])
+    _readable(runner, task, task["test"], te)
     names = _names(runner, task, task["test"])
     k, temp = int(task.get("k", 20)), float(task.get("temperature", 0.07))
     scores = knn_classify(tr["pooled"][tr["valid"]], tr["label"][tr["valid"]], te["pooled"][te["valid"]],
@@ -158,7 +207,7 @@ def retrieval(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
 
     rows = runner.map_chunks(f"retrieval/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{cpi}",
                              runner.dataset(name), fn, f"retrieval {name}")  # fmt: skip
-    valid = rows["valid"]
+    valid = _readable(runner, task, name, rows)
     img, txt, mask = rows["image"][valid], rows["text"][valid], rows["text_mask"][valid]
     owner = torch.arange(len(img))[:, None].expand_as(mask)[mask]
     metrics = retrieval_metrics(img, txt[mask], owner)
@@ -200,7 +249,7 @@ def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
 
     rows = runner.map_chunks(f"segmentation/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{_task_key(task)}",
                              runner.dataset(name), fn, f"segmentation {name}")  # fmt: skip
-    valid = rows["valid"]
+    valid = _readable(runner, task, name, rows)
     metric = SegmentationMetric(k)
     metric.confusion = rows["confusion"][valid].sum(0).numpy().astype(np.int64)
     out = metric.compute()
@@ -248,7 +297,7 @@ def detection(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
 
     rows = runner.map_chunks(f"detection/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{_task_key(task)}",
                              ds, fn, f"detection {name}")  # fmt: skip
-    valid = rows["valid"]
+    valid = _readable(runner, task, name, rows)
     cat_ids = [c["id"] for c in ds.categories]
     images = [ds.coco["images"][i] for i in rows["index"][valid].tolist()]
     keep_ids = {im["id"] for im in images}
