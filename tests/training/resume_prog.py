@@ -1,6 +1,7 @@
 """A small but complete training run, used by test_loop.py in subprocesses (so it can be SIGKILLed).
 
-Usage: python resume_prog.py OUT_DIR MAX_STEPS SLEEP_S
+Usage: python resume_prog.py OUT_DIR MAX_STEPS SLEEP_S [KEY=VALUE ...]
+(``KEY=VALUE``: TrainConfig fields to override, values parsed as YAML). Prints ``fit()``'s result as JSON.
 It exercises dropout (RNG state), an epoch-dependent dataset (set_epoch), a bad sample (skip + count),
 gradient accumulation, bf16 autocast and the cosine schedule.
 """
@@ -34,7 +35,7 @@ class Data(torch.utils.data.Dataset):
         return {"x": x, "y": (x.sum() > 0).long()}
 
 
-def build(out: str, max_steps: int, sleep: float = 0.0) -> Trainer:
+def build(out: str, max_steps: int, sleep: float = 0.0, **overrides) -> Trainer:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(0.2), nn.Linear(32, 2))
 
@@ -58,6 +59,8 @@ def build(out: str, max_steps: int, sleep: float = 0.0) -> Trainer:
         progress=False,
         seed=3,
     )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
     return Trainer(model, loss_fn, Data(), cfg)
 
 
@@ -65,9 +68,14 @@ if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    import json
+
+    import yaml
+
     out, steps, sleep = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    trainer = build(out, steps, sleep)
-    trainer.fit()
+    overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
+    trainer = build(out, steps, sleep, **overrides)
+    print(json.dumps(trainer.fit()))
     from safetensors.torch import save_file
 
     save_file(

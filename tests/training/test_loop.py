@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +20,35 @@ from visionfm.training import TrainConfig, lr_factor
 PROG = Path(__file__).with_name("resume_prog.py")
 
 
-def _run(out: Path, steps: int, sleep: float = 0.0) -> subprocess.CompletedProcess:
+def _run(out: Path, steps: int, sleep: float = 0.0, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(PROG), str(out), str(steps), str(sleep)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(PROG), str(out), str(steps), str(sleep), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+
+
+def _run_and_kill_after(out: Path, steps: int, ckpt_step: int, *overrides: str) -> None:
+    """Start a slow run, SIGKILL it as soon as checkpoint ``ckpt_step`` is complete."""
+    proc = subprocess.Popen(
+        [sys.executable, str(PROG), str(out), str(steps), "0.15", *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ckpt = out / "checkpoints" / f"step_{ckpt_step:08d}"
+    deadline = time.time() + 240
+    while not (ckpt / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, f"no checkpoint at step {ckpt_step}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.safetensors").exists(), "the run finished before it was killed"
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +130,52 @@ def test_config_errors_are_clear():
         TrainConfig(output_dir="x", max_steps=1, mixed_precision="fp8")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(output_dir="x", max_steps=1, batch_size=0)
+
+
+def test_resume_metrics_log_is_exact_mid_window(tmp_path):
+    """Checkpoint at step 8, log every 3: the running averages of steps 7-8 must survive the kill."""
+    ref = tmp_path / "ref"
+    r = _run(ref, 12, 0.0, "log_every=3")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "killed"
+    _run_and_kill_after(out, 12, 8, "log_every=3")
+    r = _run(out, 12, 0.0, "log_every=3")
+    assert r.returncode == 0, r.stderr
+    strip = [{k: v for k, v in row.items() if k != "samples_per_s"} for row in _rows(ref)]
+    got = [{k: v for k, v in row.items() if k != "samples_per_s"} for row in _rows(out)]
+    assert [row["step"] for row in got] == [3, 6, 9, 12]
+    assert got == strip  # bit-exact: loss, acc, lr, epoch, skipped_samples
+
+
+def test_resume_with_changed_settings_is_refused(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    r = _run(out, 12, 0.0, "lr=0.02")
+    assert r.returncode != 0
+    assert "train.lr: 0.01 -> 0.02" in r.stderr and "new train.output_dir" in r.stderr, r.stderr[-2000:]
+    r = _run(out, 12, 0.0, "progress=true")  # exempt: does not change the result
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("name", "damage"), [("model.safetensors", "truncate"), ("optimizer.bin", "zeros")])
+def test_broken_latest_checkpoint_falls_back_to_previous(reference, tmp_path, name, damage):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    f = out / "checkpoints" / "step_00000012" / name
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2] if damage == "truncate" else bytes(len(data)))
+    r = _run(out, 12)
+    assert r.returncode == 0, r.stderr
+    assert f"step_00000012 is broken ({name}" in r.stderr, r.stderr[-2000:]
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(out / "final.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # retrained steps 9-12 from step 8: the same weights
+    assert _rows(out) == _rows(reference)[:-2] + _rows(out)[-2:] and len(_rows(out)) == 6
+
+
+def test_rerunning_a_finished_run_keeps_its_last_metrics(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    r = _run(out, 12)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == _rows(reference)[-1]

@@ -28,9 +28,17 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 #: ``builder(name, spec, root, num) -> EvalDataset`` per source name; see :func:`register_source`.
 _SOURCES: dict[str, Callable[[str, dict[str, Any], Path, int | None], EvalDataset]] = {}
+#: the keys each source declared (beyond ``source``, ``num``, ``classnames``, ``templates``); see
+#: :mod:`visionfm.training.schema`
+_SOURCE_KEYS: dict[str, frozenset[str]] = {}
 
 
-def register_source(name: str, builder: Callable[[str, dict[str, Any], Path, int | None], EvalDataset]) -> None:
+def register_source(
+    name: str,
+    builder: Callable[[str, dict[str, Any], Path, int | None], EvalDataset],
+    *,
+    keys: Sequence[str] | None = None,
+) -> None:
     """Register a dataset source usable as ``{source: name, ...}`` in suites and recipes.
 
     Args:
@@ -38,6 +46,8 @@ def register_source(name: str, builder: Callable[[str, dict[str, Any], Path, int
         builder: ``builder(dataset_name, spec, root, num) -> EvalDataset``; ``spec`` is the entry without
             ``source``, ``num`` and ``classnames``; relative paths resolve against ``root``; ``num`` caps the
             number of samples (``None``: all).
+        keys: the entry keys the source reads (beyond the common ``source``, ``num``, ``classnames``,
+            ``templates``); suites and recipes with other keys are rejected. ``None``: not checked (a warning).
 
     Raises:
         ValueError: ``name`` is already registered.
@@ -45,6 +55,8 @@ def register_source(name: str, builder: Callable[[str, dict[str, Any], Path, int
     if name in _SOURCES:
         raise ValueError(f"dataset source {name!r} is already registered")
     _SOURCES[name] = builder
+    if keys is not None:
+        _SOURCE_KEYS[name] = frozenset(keys)
 
 
 def sources() -> list[str]:
@@ -247,10 +259,11 @@ def _coco(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalD
     return ds
 
 
-register_source("imagefolder", _imagefolder)
-register_source("hf", _hf)
-register_source("webdataset", _webdataset)
-register_source("coco", _coco)
+register_source("imagefolder", _imagefolder, keys=("path",))
+register_source("hf", _hf, keys=("path", "split", "name", "image_column", "label_column", "caption_column",
+                                 "data_dir", "data_files"))  # fmt: skip
+register_source("webdataset", _webdataset, keys=("shards", "image_key", "label_key", "caption_key"))
+register_source("coco", _coco, keys=("annotations", "images"))
 
 
 def label_array(ds: EvalDataset) -> np.ndarray:

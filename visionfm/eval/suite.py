@@ -85,7 +85,10 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"suite {suite}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        src = path if path is not None else files[str(suite)]
+        where = f"{src}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(src)
+        raise ValueError(f"suite {suite}: {where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
     if overrides and overrides.get("set"):
         raw = apply_suite_overrides(raw, list(overrides["set"]), label=str(suite))
     return parse_suite(raw, root=root, path=path, overrides=overrides, label=str(suite))
@@ -134,10 +137,15 @@ def parse_suite(
     """Validate a suite dict (the YAML's content)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict) or not isinstance(raw.get("tasks"), list):
         raise ValueError(f"{label}: a suite needs a 'datasets' mapping and a 'tasks' list")
-    datasets = {str(k): dict(v) for k, v in raw["datasets"].items()}
-    for name, spec in datasets.items():
-        if "source" not in spec:
+    from ..training.schema import check_dataset, check_eval_task, check_keys
+
+    check_keys(label, raw, ("name", "description", "datasets", "tasks"))
+    for name, spec in raw["datasets"].items():
+        if not isinstance(spec, dict) or "source" not in spec:
             raise ValueError(f"{label}: dataset {name!r} has no 'source'")
+        check_dataset(f"{label}: dataset {name!r}", spec)  # unknown keys per source, with the closest valid ones
+    datasets = {str(k): dict(v) for k, v in raw["datasets"].items()}
+    for spec in datasets.values():
         if overrides and overrides.get("num") is not None:
             spec["num"] = min(int(spec.get("num", overrides["num"])), int(overrides["num"]))
     tasks, seen = [], set()
@@ -146,6 +154,7 @@ def parse_suite(
         kind = t.get("task")
         if kind not in task_names():
             raise ValueError(f"{label}: tasks[{i}] has task {kind!r}; known tasks: {task_names()}")
+        check_eval_task(f"{label}: tasks[{i}]", t)  # unknown keys per task, with the closest valid ones
         spec = get_task(kind)
         for key in spec.datasets:
             if key in spec.optional and key not in t:

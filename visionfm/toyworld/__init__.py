@@ -21,6 +21,7 @@ from ..eval.registry import register_suite_dir
 from ..eval.registry import register_task as register_eval_task
 from ..training.recipes import register_recipe_dir
 from ..training.registry import register_task as register_recipe_task
+from ..training.schema import declare_eval_task, declare_recipe_task
 from . import datasets as _datasets  # noqa: F401  (registers the toyworld dataset source)
 from .models import RECIPES, SUITES, cache_root, ensure_toy_clip, toy_clip_dir
 from .world import COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ToyWorld, class_names
@@ -39,6 +40,13 @@ __all__ = [
 
 register_recipe_dir(RECIPES)
 register_suite_dir(SUITES)
+# the keys each toyworld recipe / eval task accepts (recipes and suites are validated against them)
+declare_recipe_task("clip_pretrain", ("model", "data"))
+declare_eval_task("toyworld_seg", ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride",
+                                   "proxy", "pamr", "seed"))  # fmt: skip
+declare_eval_task("toyworld_grounding", ("modes", "splits", "num", "num_val", "short_side", "stride", "seed"))
+declare_eval_task("toyworld_generation_baselines", ("generation", "reference", "untrained_seed", "samples_png"))
+declare_eval_task("toyworld_student", ("teacher", "num_seg", "batch"))
 
 
 @register_recipe_task("clip_pretrain")

@@ -35,4 +35,6 @@ def toyworld_source(name: str, spec: dict[str, Any], root: Path, num: int | None
     return EvalDataset(name, [lambda i=i: load(i) for i in range(n)], [f"{world.split}/{i}" for i in range(n)], names)
 
 
-register_source("toyworld", toyworld_source)
+register_source(
+    "toyworld", toyworld_source, keys=("split", "label", "seed", "image_size", "min_objects", "max_objects", "target")
+)

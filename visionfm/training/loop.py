@@ -18,7 +18,9 @@ metrics and the trainer state); training goes on with the rest of the batch.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -40,6 +42,17 @@ logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
 _CKPT_PREFIX = "step_"
+#: set by :func:`visionfm.training.recipes.run_recipe`: ``check(output_dir, resuming)`` records the recipe in the run
+#: directory and refuses to resume a directory made by another recipe (called by :meth:`Trainer.fit`)
+RUN_DIR_CHECK: contextvars.ContextVar[Callable[[Path, bool], None] | None] = contextvars.ContextVar(
+    "RUN_DIR_CHECK", default=None
+)
+_MANIFEST = "manifest.json"
+_CONFIG_FILE = "train_config.json"
+#: TrainConfig fields that may change between a run and its resumption: ``output_dir`` (the run may be moved),
+#: ``progress`` (the bar), ``resume`` (the switch itself) change nothing; ``max_steps`` extends (or shortens) a run,
+#: the cosine schedule following the new length from the resumed step on.
+RESUME_EXEMPT = frozenset({"output_dir", "progress", "resume", "max_steps"})
 
 
 @dataclass
@@ -96,6 +109,9 @@ class TrainConfig:
                     setattr(self, f.name, (float if "float" in f.type else int)(v))
                 except ValueError:
                     raise ValueError(f"train.{f.name} must be a number, got {v!r}") from None
+        from .schema import check_train_types
+
+        check_train_types(self)  # e.g. `max_steps: true`, `batch_size: 2.5`, `betas: 0.9` name the key
         for name in ("max_steps", "batch_size", "grad_accum_steps", "save_every", "log_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -110,10 +126,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a mapping, failing on unknown keys with the list of valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
+        import difflib
+
+        valid = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(d) - set(valid))
         if unknown:
-            raise ValueError(f"unknown train option(s) {unknown}; valid: {sorted(valid)}")
+            hints = {k: difflib.get_close_matches(k, valid, n=3) for k in unknown}
+            said = ", ".join(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, h))}?)" if h else "")
+                             for k, h in hints.items())  # fmt: skip
+            raise ValueError(f"unknown train option(s) {said}; valid: {valid}")
+        missing = [k for k in ("output_dir", "max_steps") if k not in d]
+        if missing:
+            raise ValueError(f"train.{missing[0]} is required")
         return cls(**d)
 
 
@@ -240,14 +264,8 @@ class Trainer:
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint, or ``None``."""
-        if not self.checkpoint_dir.is_dir():
-            return None
-        done = [
-            p
-            for p in self.checkpoint_dir.iterdir()
-            if p.name.startswith(_CKPT_PREFIX) and (p / "trainer_state.json").is_file()
-        ]
-        return max(done, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]), default=None)
+        done = self.complete_checkpoints()
+        return done[0] if done else None
 
     def save_checkpoint(self) -> Path:
         """Write the full training state atomically; prune old checkpoints."""
@@ -259,8 +277,12 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
         if acc.is_main_process:
+            (tmp / _CONFIG_FILE).write_text(json.dumps(_config_fingerprint(self.cfg), indent=1))
             (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
+            manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             ckpts = sorted(
@@ -272,14 +294,59 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def complete_checkpoints(self) -> list[Path]:
+        """The complete checkpoints (a ``trainer_state.json`` is written last), newest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        done = [
+            p
+            for p in self.checkpoint_dir.iterdir()
+            if p.name.startswith(_CKPT_PREFIX) and (p / "trainer_state.json").is_file()
+        ]
+        return sorted(done, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]), reverse=True)
+
+    def _check_same_config(self, ckpt: Path) -> None:
+        """Refuse to resume a checkpoint written under other settings (those in :data:`RESUME_EXEMPT` may change)."""
+        f = ckpt / _CONFIG_FILE
+        if not f.is_file():
+            return  # written before configs were recorded
+        old, new = json.loads(f.read_text()), _config_fingerprint(self.cfg)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            diff = ", ".join(f"train.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{self.out} holds a run with other settings ({diff}); resuming it would mix two runs. Start fresh "
+                f"with a new train.output_dir, or delete {self.out}, or set train.resume: false"
+            )
+
     def _resume(self) -> None:
-        ckpt = self.latest_checkpoint() if self.cfg.resume else None
-        if ckpt is None:
+        candidates = self.complete_checkpoints() if self.cfg.resume else []
+        check = RUN_DIR_CHECK.get()
+        if check is not None:
+            check(self.out, bool(candidates))
+        if not candidates:
             if self.accelerator.is_main_process and (self.out / "metrics.jsonl").exists() and not self.cfg.resume:
                 (self.out / "metrics.jsonl").unlink()
             return
-        self.accelerator.load_state(str(ckpt))
-        self.state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+        self._check_same_config(candidates[0])
+        ckpt = None
+        for cand in candidates:
+            broken = _verify_checkpoint(cand)
+            if broken is None:
+                try:
+                    self.accelerator.load_state(str(cand))
+                    self.state = TrainState(**json.loads((cand / "trainer_state.json").read_text()))
+                except Exception as e:  # noqa: BLE001 - a damaged checkpoint falls back to the previous one
+                    broken = f"{type(e).__name__}: {e}"
+            if broken is None:
+                ckpt = cand
+                break
+            logger.warning("checkpoint %s is broken (%s); falling back to the previous one", cand, broken)
+        if ckpt is None:
+            raise RuntimeError(
+                f"no loadable checkpoint in {self.checkpoint_dir} (all are broken; see the warnings). Delete it to "
+                "start fresh, or set train.resume: false"
+            )
         logger.info("resumed from %s (step %d)", ckpt, self.state.step)
         metrics = self.out / "metrics.jsonl"
         if self.accelerator.is_main_process and metrics.exists():  # drop lines logged after the checkpoint
@@ -381,8 +448,10 @@ class Trainer:
             unit="step",
             disable=not (cfg.progress and acc.is_main_process),
         )
-        running: dict[str, float] = {}
-        n_running = 0
+        # Running sums since the last metrics line are checkpointed, so a resumed run logs what an uninterrupted one does.
+        saved = self.state.extra.get("running") or {}
+        running: dict[str, float] = dict(saved.get("sums", {}))
+        n_running = int(saved.get("n", 0))
         while self.state.step < cfg.max_steps:
             factor = lr_factor(self.state.step, cfg)
             for g in self.optimizer.param_groups:
@@ -424,16 +493,59 @@ class Trainer:
                 running, n_running = {}, 0
                 t0, samples0 = time.perf_counter(), self.state.samples
             if self.state.step % cfg.save_every == 0 or self.state.step == cfg.max_steps:
+                self.state.extra["running"] = {"sums": dict(running), "n": n_running}
                 self.save_checkpoint()
         bar.close()
+        if not last:  # nothing trained in this call (a finished run rerun): the run's last logged row
+            last = self._last_logged_row()
         if self._tb:
             self._tb.close()
         self.model.eval()
         return last
 
+    def _last_logged_row(self) -> dict[str, Any]:
+        metrics = self.out / "metrics.jsonl"
+        if not metrics.is_file():
+            return {}
+        rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+        rows = [r for r in rows if r.get("step", 0) <= self.state.step]
+        return rows[-1] if rows else {}
+
     def unwrapped_model(self) -> nn.Module:
         """The trained model without Accelerate's wrappers."""
         return self.accelerator.unwrap_model(self.model)
+
+
+def _config_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must be resumed with: every field but :data:`RESUME_EXEMPT` (JSON-able)."""
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps({k: v for k, v in d.items() if k not in RESUME_EXEMPT}))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify_checkpoint(ckpt: Path) -> str | None:
+    """``None`` if every file listed in the checkpoint's manifest is there with its checksum; else what is wrong."""
+    mf = ckpt / _MANIFEST
+    if not mf.is_file():
+        return None  # written before manifests; loading it is the only check
+    try:
+        manifest = json.loads(mf.read_text())
+    except ValueError:
+        return f"{_MANIFEST} is unreadable"
+    for name, digest in manifest.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum (truncated or overwritten)"
+    return None
 
 
 def _batch_len(batch: Any) -> int:
