@@ -179,3 +179,40 @@ def test_rerunning_a_finished_run_keeps_its_last_metrics(reference, tmp_path):
     r = _run(out, 12)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == _rows(reference)[-1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_at_a_seeded_step_then_resume_is_exact(reference, tmp_path, seed):
+    """Killed at a seeded step (not only right after a checkpoint); seed 2 also cuts the newest checkpoint's weights
+    in half, as a kill during the write would. The resumed run's weights and metrics log equal the reference's."""
+    import random
+
+    kill_at = random.Random(seed).randint(9 if seed == 2 else 3, 11)  # seed 2 needs two checkpoints to fall back on
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(PROG), str(out), "12", "0.15"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 240
+    while not ((out / "metrics.jsonl").exists() and any(r["step"] >= kill_at for r in _rows(out))):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, f"never reached step {kill_at}"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.safetensors").exists(), "the run finished before it was killed"
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    if seed == 2:
+        assert ckpts, "no checkpoint to break"
+        w = ckpts[-1] / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    r = _run(out, 12)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(out / "final.safetensors"))
+    assert len(a) == 4 and set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), (kill_at, k)
+    want = [{k: v for k, v in row.items() if k != "samples_per_s"} for row in _rows(reference)]
+    got = [{k: v for k, v in row.items() if k != "samples_per_s"} for row in _rows(out)]
+    assert len(want) == 6 and got == want, kill_at
+    if seed == 2:
+        assert ckpts[-1].name in r.stderr  # the broken checkpoint is named in the fallback warning
