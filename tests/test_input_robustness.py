@@ -142,3 +142,16 @@ def test_eval_suite_skips_and_counts_the_bad_files(corpus, tiny_root, tmp_path):
     assert 0.0 <= res["metrics"]["acc1"] <= 1.0
     saved = json.loads(next((tmp_path / "out").glob("*.json")).read_text())["results"][0]
     assert saved["skipped"] == 2 * n_bad
+
+
+@pytest.mark.parametrize("task", ["zero-shot-seg", "mask-generation"])
+def test_pipelines_name_the_bad_image_of_a_batch(corpus, clip, tiny_root, task):
+    if task == "mask-generation":
+        pipe = vfm.pipeline(task, model=str(tiny_checkpoint("sam", root=tiny_root)), device="cpu")
+        kw = {"boxes": [[0, 0, 1, 1]]}
+    else:
+        pipe = vfm.pipeline(task, model=clip, short_side=64)
+        kw = {"labels": ["red", "blue"]}
+    nan = np.full((3, 8, 8), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        pipe([str(corpus["rgb.png"][0]), nan], **kw)

@@ -210,6 +210,9 @@ class MaskGenerationPipeline(Pipeline):
         mask_threshold: float = 0.0,
         **auto: Any,
     ) -> list[MaskResult]:
+        from ..data.images import to_uint8_chw
+
+        images = [to_uint8_chw(img, name=f"images[{i}]") for i, img in enumerate(images)]  # a bad one is named
         if points is None and boxes is None and masks is None:
             return [self.generate(img, **auto) for img in images]
         if auto:

@@ -484,8 +484,8 @@ class ZeroShotSegPipeline(Pipeline):
         out_labels = ([BACKGROUND] if use_bg else []) + names
         proto = dict(self.protocol, background=bg_names or use_bg, prob_thresh=p_th, cos_thresh=c_th)
         results = []
-        for img in images:
-            pixels = to_uint8_chw(img)
+        for i, img in enumerate(images):
+            pixels = to_uint8_chw(img, name=f"images[{i}]")
             H, W = pixels.shape[-2:]
             x = self._resize(pixels)
             lg = self.logits(x, weights, owner, n)  # [n, h, w], logit_scale * cos
