@@ -29,22 +29,27 @@ def _run(out: Path, steps: int, sleep: float = 0.0, *overrides: str) -> subproce
     )
 
 
-def _run_and_kill_after(out: Path, steps: int, ckpt_step: int, *overrides: str) -> None:
-    """Start a slow run, SIGKILL it as soon as checkpoint ``ckpt_step`` is complete."""
+def _run_and_kill_when(out: Path, steps: int, ready, what: str, *overrides: str) -> None:
+    """Start a slow run and SIGKILL it as soon as ``ready()`` is true (``what`` names the point, for errors)."""
     proc = subprocess.Popen(
         [sys.executable, str(PROG), str(out), str(steps), "0.15", *overrides],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    ckpt = out / "checkpoints" / f"step_{ckpt_step:08d}"
     deadline = time.time() + 240
-    while not (ckpt / "trainer_state.json").exists():
+    while not ready():
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, f"no checkpoint at step {ckpt_step}"
-        time.sleep(0.05)
+        assert time.time() < deadline, f"never reached {what}"
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "final.safetensors").exists(), "the run finished before it was killed"
+
+
+def _run_and_kill_after(out: Path, steps: int, ckpt_step: int, *overrides: str) -> None:
+    """Start a slow run, SIGKILL it as soon as checkpoint ``ckpt_step`` is complete."""
+    ckpt = out / "checkpoints" / f"step_{ckpt_step:08d}"
+    _run_and_kill_when(out, steps, (ckpt / "trainer_state.json").exists, f"checkpoint {ckpt_step}", *overrides)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -61,18 +66,7 @@ def reference(tmp_path_factory) -> Path:
 
 def test_sigkill_then_resume_gives_identical_weights(reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(PROG), str(out), "12", "0.15"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    ckpt = out / "checkpoints" / "step_00000008"
-    deadline = time.time() + 240
-    while not (ckpt / "trainer_state.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, "no checkpoint at step 8"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "final.safetensors").exists(), "the run finished before it was killed"
+    _run_and_kill_after(out, 12, 8)
     r = _run(out, 12)  # resumes from the newest complete checkpoint
     assert r.returncode == 0, r.stderr
     a, b = load_file(str(reference / "final.safetensors")), load_file(str(out / "final.safetensors"))
@@ -189,17 +183,11 @@ def test_sigkill_at_a_seeded_step_then_resume_is_exact(reference, tmp_path, seed
 
     kill_at = random.Random(seed).randint(9 if seed == 2 else 3, 11)  # seed 2 needs two checkpoints to fall back on
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(PROG), str(out), "12", "0.15"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 240
-    while not ((out / "metrics.jsonl").exists() and any(r["step"] >= kill_at for r in _rows(out))):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, f"never reached step {kill_at}"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "final.safetensors").exists(), "the run finished before it was killed"
+
+    def reached() -> bool:
+        return (out / "metrics.jsonl").exists() and any(r["step"] >= kill_at for r in _rows(out))
+
+    _run_and_kill_when(out, 12, reached, f"step {kill_at}")
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     if seed == 2:
         assert ckpts, "no checkpoint to break"
