@@ -19,7 +19,7 @@ from typing import Any
 
 from ..eval.registry import register_suite_dir
 from ..eval.registry import register_task as register_eval_task
-from ..training.recipes import register_recipe_dir
+from ..training.registry import register_recipe_dir
 from ..training.registry import register_task as register_recipe_task
 from ..training.schema import declare_eval_task, declare_recipe_task
 from . import datasets as _datasets  # noqa: F401  (registers the toyworld dataset source)

@@ -19,23 +19,13 @@ from typing import Any
 from . import dit_train as _dit_train  # noqa: F401  (registers the dit task)
 from . import finetune as _finetune  # noqa: F401  (registers the classification and segmentation tasks)
 from .loop import RUN_DIR_CHECK, TrainConfig
-from .registry import _TASKS, evaluators, register_task
+from .registry import _RECIPE_DIRS, _TASKS, evaluators, register_recipe_dir, register_task
 from .schema import COMMON_RECIPE_KEYS, RECIPE_DATA_KIND, RECIPE_TASK_KEYS, _warn_once, check_dataset, check_keys
 
 __all__ = ["apply_overrides", "builtin_recipes", "load_recipe", "recipe_hash", "register_recipe_dir", "register_task",
            "run_recipe", "validate_recipe"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
-
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-_RECIPE_DIRS: list[Path] = [RECIPE_DIR]
-
-
-def register_recipe_dir(path: str | os.PathLike) -> None:
-    """Make the ``*.yaml`` recipes in ``path`` loadable by name (``load_recipe("toyworld_clip")``)."""
-    p = Path(path).resolve()
-    if p not in _RECIPE_DIRS:
-        _RECIPE_DIRS.append(p)
 
 
 def builtin_recipes() -> dict[str, Path]:

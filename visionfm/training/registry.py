@@ -6,6 +6,7 @@ register theirs on import (``distill`` in :mod:`visionfm.distill`, ``clip_pretra
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,15 @@ def register_evaluator(key: str, fn: Callable[[Any, Any, Path], Any]) -> None:
 def evaluators() -> dict[str, Callable[[Any, Any, Path], Any]]:
     """The registered recipe evaluators by key."""
     return dict(_EVALUATORS)
+
+
+#: the package's own recipes; other packages add folders with :func:`register_recipe_dir`
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+_RECIPE_DIRS: list[Path] = [RECIPE_DIR]
+
+
+def register_recipe_dir(path: str | os.PathLike) -> None:
+    """Make the ``*.yaml`` recipes in ``path`` loadable by name (``load_recipe("toyworld_clip")``)."""
+    p = Path(path).resolve()
+    if p not in _RECIPE_DIRS:
+        _RECIPE_DIRS.append(p)
