@@ -28,6 +28,29 @@ def write_tiny_clip_resnet(path: Path, backend: str = "open_clip") -> None:
     write_tiny_clip(path, backend, model_cfg=cfg)
 
 
+#: ViT-B/16's geometry (224 px, patch 16, 14x14 grid) at a tiny width, with OpenAI's 64-wide heads in both towers,
+#: so OpenAI-CLIP-derived reference code (``clip.model.build_model``, which infers heads as width // 64) builds the
+#: same model from the state dict. The reference-parity goldens of zero-shot-seg are computed on it.
+TINY_B16_CFG: dict[str, Any] = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+
+
+@tiny_writer("clip-b16", default_backend="open_clip")
+def write_tiny_clip_b16(path: Path, backend: str = "open_clip") -> None:
+    """Tiny random CLIP shaped like ViT-B/16 (224 px, patch 16, 2+2 layers, 64-wide heads), open_clip format.
+
+    ``open_clip_model.safetensors`` holds OpenAI CLIP's key names, so ``torch.save`` of its state dict is a file
+    OpenAI's ``clip.load(path, jit=False)`` reads.
+    """
+    if backend != "open_clip":
+        raise ValueError("the tiny B/16-shaped CLIP is written in open_clip format only")
+    write_tiny_clip(path, backend, model_cfg=TINY_B16_CFG)
+
+
 @tiny_writer("clip", default_backend="open_clip")
 def write_tiny_clip(path: Path, backend: str = "open_clip", *, model_cfg: dict[str, Any] | None = None) -> None:
     """Tiny random CLIP (48px, patch 8, 2+2 layers) in open_clip or transformers format."""
