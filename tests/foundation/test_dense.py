@@ -140,6 +140,7 @@ def _ref_parts(name: str, enc, x: torch.Tensor) -> dict:
         lin = lambda m: (m.weight, m.bias)  # noqa: E731
         return dict(
             x=seq,
+            x_maskclip=torch.cat([toks.mean(1, keepdim=True), toks], dim=1),  # MaskCLIP's R50 head: no positions
             grid=grid,
             prefix=1,
             norm=lambda t: t,
@@ -238,7 +239,7 @@ def _ref_gaussian(grid: tuple[int, int], prefix: int, sigma: float) -> torch.Ten
 def reference(name: str, enc, x: torch.Tensor, mode: str, proxy=None, sigma: float = 5.0) -> torch.Tensor:
     """``[B, h, w, D]`` dense features computed head by head from the raw weights."""
     r = _ref_parts(name, enc, x)
-    seq, prefix, (gh, gw) = r["x"], r["prefix"], r["grid"]
+    seq, prefix, (gh, gw) = r["x"] if mode != "maskclip" else r.get("x_maskclip", r["x"]), r["prefix"], r["grid"]
     hid = r["norm"](seq)
     width = hid.shape[-1]
     nh = r["heads"]
@@ -384,7 +385,8 @@ def test_native_size_needs_no_interpolation(encoders, name):
     enc = encoders[name]
     x = _pixels(SIZES[name][0])
     with torch.no_grad():
-        tokens = dense._tower(enc, x).tokens
+        tower = dense._tower(enc, x)
+        tokens = tower.tokens if tower.pos is None else tower.tokens + tower.pos
         if name == "open_clip-vit":
             v = enc.model.visual
             own = v._embeds(x)

@@ -97,6 +97,9 @@ class DenseTower:
         block_tail: ``(x, attn_out) -> block output``: residual + FFN of the block; ``None`` if the
             tower has none (ResNet attention pool).
         head: block output ``[..., W_out]`` to the joint image-text space ``[..., D]``.
+        pos: ``[P + h*w, W]`` position table the last block adds to ``tokens`` itself (the ResNet attention pool;
+            ``maskclip`` leaves it out, as MaskCLIP's ResNet head ``c_proj(v_proj(x))`` does); ``None`` when the
+            positions are already in ``tokens`` (ViTs).
     """
 
     tokens: torch.Tensor
@@ -108,27 +111,45 @@ class DenseTower:
     num_heads: int
     block_tail: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     head: Callable[[torch.Tensor], torch.Tensor]
+    pos: torch.Tensor | None = None
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def resize_pos_embed(pos: torch.Tensor, prefix: int, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+#: How a learned position table is resized to another patch grid (:func:`resize_pos_embed`).
+POS_INTERPOLATIONS = ("size", "dino")
+
+
+def resize_pos_embed(
+    pos: torch.Tensor, prefix: int, src: tuple[int, int], dst: tuple[int, int], method: str = "size"
+) -> torch.Tensor:
     """Resize a learned position table to another patch grid (bicubic, ``align_corners=False``).
 
-    The same interpolation as transformers' ``interpolate_pos_encoding`` and the SCLIP/ClearCLIP/NACLIP
-    references; prefix rows (class / mean token) are kept as they are.
+    Two conventions are in use, and they give different tables (up to ~0.2 apart at 14 -> 21 patches):
+
+    - ``"size"``: ``F.interpolate(..., size=dst)``: sample positions follow the ratio ``dst / src``. This is
+      transformers' ``interpolate_pos_encoding`` for CLIP.
+    - ``"dino"``: DINO's ``interpolate_pos_encoding``: ``scale_factor=((dst + 0.1) / src)`` per axis, with the
+      scale factor (not the output size) defining the sample positions (``recompute_scale_factor=False``). The
+      SCLIP, ClearCLIP and NACLIP reference code resizes this way (``tests/pipelines/test_zero_shot_seg_reference.py``
+      checks it against their outputs).
+
+    Prefix rows (class / mean token) are kept as they are.
 
     Args:
         pos: ``[prefix + src_h*src_w, C]`` position embeddings.
         prefix: leading rows that are not on the grid.
         src: native grid ``(h, w)`` of ``pos``.
         dst: target grid ``(h, w)``.
+        method: one of :data:`POS_INTERPOLATIONS`.
 
     Returns:
         ``[prefix + dst_h*dst_w, C]``; ``pos`` itself (no copy, bit-equal) when ``src == dst``.
     """
+    if method not in POS_INTERPOLATIONS:
+        raise ValueError(f"pos_interp must be one of {POS_INTERPOLATIONS}, got {method!r}")
     src, dst = (int(src[0]), int(src[1])), (int(dst[0]), int(dst[1]))
     if pos.shape[0] != prefix + src[0] * src[1]:
         raise ValueError(f"position table of {pos.shape[0]} rows is not {prefix} + {src[0]}x{src[1]}")
@@ -136,7 +157,15 @@ def resize_pos_embed(pos: torch.Tensor, prefix: int, src: tuple[int, int], dst: 
         return pos
     c = pos.shape[-1]
     grid = pos[prefix:].reshape(1, src[0], src[1], c).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
+    if method == "size":
+        grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
+    else:
+        factor = ((dst[0] + 0.1) / src[0], (dst[1] + 0.1) / src[1])
+        grid = F.interpolate(
+            grid, scale_factor=factor, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )
+        if tuple(grid.shape[-2:]) != dst:  # floor(src * (dst + 0.1) / src) is dst unless rounding goes astray
+            raise RuntimeError(f"dino position interpolation gave {tuple(grid.shape[-2:])}, expected {dst}")
     grid = grid.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], c).to(pos.dtype)
     return torch.cat([pos[:prefix], grid])
 
@@ -151,7 +180,7 @@ def patch_grid(pixel_values: torch.Tensor, patch: int) -> tuple[int, int]:
     return h // patch, w // patch
 
 
-def _tower(encoder: object, pixel_values: torch.Tensor) -> DenseTower:
+def _tower(encoder: object, pixel_values: torch.Tensor, pos_interp: str = "size") -> DenseTower:
     info = getattr(encoder, "info", None)
     if info is None:
         raise TypeError(f"dense_features needs a visionfm encoder, got {type(encoder).__name__}")
@@ -162,7 +191,7 @@ def _tower(encoder: object, pixel_values: torch.Tensor) -> DenseTower:
             f"dense_features needs an encoder of a family with dense modes ({', '.join(have)}: CLIP and SigLIP), "
             f"got {type(encoder).__name__} (family {info.family!r})"
         )
-    return fn(encoder, pixel_values)
+    return fn(encoder, pixel_values, pos_interp=pos_interp)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,7 +267,7 @@ def _surgery(
     proxy_gamma: float,
 ) -> tuple[torch.Tensor, int]:
     """The last block under ``mode``; returns (``[B, P' + h*w, D]`` joint-space tokens, ``P'``)."""
-    x = t.tokens
+    x = t.tokens if t.pos is None or mode == "maskclip" else t.tokens + t.pos
     hdn = t.norm1(x)
     b, n, width = hdn.shape
     heads = t.num_heads
@@ -302,11 +331,12 @@ def _dense_tokens(
     naclip_sigma: float = 5.0,
     proxy_beta: float = PROXY_BETA,
     proxy_gamma: float = PROXY_GAMMA,
+    pos_interp: str = "size",
 ) -> tuple[torch.Tensor, int, tuple[int, int]]:
     """:func:`dense_features` with the prefix tokens kept: (``[B, P + h*w, D]``, ``P``, ``(h, w)``)."""
     check_mode(mode)
     _check_proxy(mode, proxy_features, pixel_values)
-    tower = _tower(encoder, pixel_values)
+    tower = _tower(encoder, pixel_values, pos_interp)
     logger.debug("dense %s: grid %s, prefix %d", mode, tower.grid, tower.prefix)
     tokens, prefix = _surgery(
         tower,
@@ -328,6 +358,7 @@ def dense_features(
     naclip_sigma: float = 5.0,
     proxy_beta: float = PROXY_BETA,
     proxy_gamma: float = PROXY_GAMMA,
+    pos_interp: str = "size",
 ) -> torch.Tensor:
     """Training-free dense patch embeddings in CLIP's image-text space.
 
@@ -359,7 +390,7 @@ def dense_features(
     and ``@ proj``; transformers CLIP ``post_layernorm`` and ``visual_projection``; the open_clip
     ResNet's ``c_proj`` is already that head; SigLIP: the attention-pool head's value path and MLP.
 
-    For ViTs the position embeddings are resized (bicubic) when the input grid differs from the
+    For ViTs the position embeddings are resized (bicubic, ``pos_interp``) when the input grid differs from the
     native one; at the native size the table is used as is, so results are bit-equal to no resizing.
     Batch elements are independent (use an encoder in eval mode, as ``load_encoder`` returns it). Works
     with gradients and under ``torch.inference_mode``, on the encoder's device and dtype.
@@ -376,6 +407,8 @@ def dense_features(
         proxy_beta: ProxyCLIP's threshold ``beta``: affinities below ``beta`` times their mean are masked
             (default 1.2, ProxyCLIP's).
         proxy_gamma: ProxyCLIP's logit scale ``gamma`` (default 3.0, ProxyCLIP's).
+        pos_interp: how the position table is resized to a non-native grid, ``"size"`` (transformers') or
+            ``"dino"`` (the SCLIP/ClearCLIP/NACLIP references'); see :func:`resize_pos_embed`.
 
     Returns:
         ``[B, h, w, D]`` patch embeddings, ``h = H // patch``, ``w = W // patch``, ``D = info.embed_dim``,
@@ -402,5 +435,6 @@ def dense_features(
         naclip_sigma=naclip_sigma,
         proxy_beta=proxy_beta,
         proxy_gamma=proxy_gamma,
+        pos_interp=pos_interp,
     )
     return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1])

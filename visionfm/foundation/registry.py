@@ -15,7 +15,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from .encoder import Encoder
@@ -82,7 +81,7 @@ class Family:
         kind: ``"encoder"`` (``build`` returns an :class:`Encoder`; ``load_encoder`` loads it) or ``"detector"``
             (an open-vocabulary detector; ``load_detector`` loads it).
         peft_layout: ``encoder -> TargetLayout``: where PEFT adapters go (``None``: only explicit targets).
-        dense_tower: ``(encoder, pixel_values) -> visionfm.foundation.dense.DenseTower``: the last-block parts training-free dense
+        dense_tower: ``(encoder, pixel_values, *, pos_interp) -> visionfm.foundation.dense.DenseTower``: the last-block parts training-free dense
             features need (``None``: the family has no dense CLIP modes).
     """
 
@@ -95,7 +94,7 @@ class Family:
     formats: str = ""
     kind: str = "encoder"
     peft_layout: Callable[[Encoder], TargetLayout] | None = None
-    dense_tower: Callable[[Encoder, torch.Tensor], Any] | None = None
+    dense_tower: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

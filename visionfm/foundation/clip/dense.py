@@ -20,7 +20,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> DenseTower:
+def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
     from open_clip.transformer import ResidualAttentionBlock
 
     v = encoder.model.visual
@@ -37,7 +37,7 @@ def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
     x = torch.cat([cls, x], dim=1)
-    x = x + resize_pos_embed(v.positional_embedding, 1, tuple(v.grid_size), grid).to(x.dtype)
+    x = x + resize_pos_embed(v.positional_embedding, 1, tuple(v.grid_size), grid, pos_interp).to(x.dtype)
     x = v.ln_pre(v.patch_dropout(x))
     batch_first = getattr(v.transformer, "batch_first", True)
     if not batch_first:
@@ -63,7 +63,7 @@ def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -
     return DenseTower(x, 1, grid, last.ln_1, (wq, bq, wk, bk, wv, bv), attn.out_proj, int(attn.num_heads), tail, head)
 
 
-def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor) -> DenseTower:
+def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
     v = encoder.model.visual
     pool = v.attnpool
     grid = patch_grid(pixel_values, 32)
@@ -71,14 +71,15 @@ def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor
     x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
     if tuple(x.shape[-2:]) != grid:
         raise ValueError(f"ResNet feature map {tuple(x.shape[-2:])} does not match the expected grid {grid}")
-    # Same steps as AttentionPool2d.forward (batch first): mean token in front, then position table.
+    # Same steps as AttentionPool2d.forward (batch first): mean token in front, then the position table, which
+    # the tower hands over separately (MaskCLIP's R50 head, c_proj(v_proj(x)), does not add it).
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
     side = math.isqrt(pool.positional_embedding.shape[0] - 1)
-    x = x + resize_pos_embed(pool.positional_embedding, 1, (side, side), grid).to(x.dtype)
+    pos = resize_pos_embed(pool.positional_embedding, 1, (side, side), grid, pos_interp).to(x.dtype)
     qkv = (pool.q_proj.weight, pool.q_proj.bias, pool.k_proj.weight, pool.k_proj.bias)
     qkv += (pool.v_proj.weight, pool.v_proj.bias)
-    return DenseTower(x, 1, grid, _identity, qkv, pool.c_proj, int(pool.num_heads), None, _identity)
+    return DenseTower(x, 1, grid, _identity, qkv, pool.c_proj, int(pool.num_heads), None, _identity, pos=pos)
 
 
 def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -90,14 +91,16 @@ def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor) -> DenseTower:
+def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
     vm = encoder.model.vision_model
     siglip = encoder.kind == "siglip"
     if siglip and not getattr(vm, "use_head", False):
         raise NotImplementedError("dense_features needs SigLIP's attention-pooling head (vision_use_head=True)")
     grid = patch_grid(pixel_values, encoder.info.patch_size)
-    # transformers' own position interpolation (bicubic); at the native size it is the plain table.
-    x = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
+    if pos_interp == "size":  # transformers' own position interpolation (bicubic, size=); native: the plain table
+        x = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
+    else:
+        x = _hf_embeddings(vm.embeddings, pixel_values, 0 if siglip else 1, grid, pos_interp)
     if not siglip:
         x = vm.pre_layrnorm(x)
     for layer in vm.encoder.layers[:-1]:
@@ -130,12 +133,28 @@ def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor) -> DenseTower:
     return DenseTower(x, prefix, grid, last.layer_norm1, qkv, sa.out_proj, int(sa.num_heads), tail, head)
 
 
-def dense_tower(encoder: OpenClipEncoder | HFClipEncoder, pixel_values: torch.Tensor) -> DenseTower:
-    """The CLIP family's ``dense_tower``: the open_clip ViT or ModifiedResNet tower, or transformers CLIP/SigLIP."""
+def _hf_embeddings(emb: torch.nn.Module, pixel_values: torch.Tensor, prefix: int, grid: tuple[int, int],
+                   pos_interp: str) -> torch.Tensor:  # fmt: skip
+    """transformers CLIP/SigLIP ``embeddings(pixel_values)`` with the position table resized by ``pos_interp``."""
+    x = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+    if prefix:
+        x = torch.cat([emb.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+    table = emb.position_embedding.weight
+    side = math.isqrt(table.shape[0] - prefix)
+    return x + resize_pos_embed(table, prefix, (side, side), grid, pos_interp).to(x.dtype)
+
+
+def dense_tower(
+    encoder: OpenClipEncoder | HFClipEncoder, pixel_values: torch.Tensor, *, pos_interp: str = "size"
+) -> DenseTower:
+    """The CLIP family's ``dense_tower``: the open_clip ViT or ModifiedResNet tower, or transformers CLIP/SigLIP.
+
+    ``pos_interp`` is how the position table is resized to a non-native grid (see
+    :func:`visionfm.foundation.dense.resize_pos_embed`)."""
     if isinstance(encoder, OpenClipEncoder):
         if encoder.is_resnet:
-            return _open_clip_resnet_tower(encoder, pixel_values)
-        return _open_clip_vit_tower(encoder, pixel_values)
+            return _open_clip_resnet_tower(encoder, pixel_values, pos_interp)
+        return _open_clip_vit_tower(encoder, pixel_values, pos_interp)
     if isinstance(encoder, HFClipEncoder):
-        return _hf_tower(encoder, pixel_values)
+        return _hf_tower(encoder, pixel_values, pos_interp)
     raise TypeError(f"expected an OpenClipEncoder or HFClipEncoder, got {type(encoder).__name__}")
