@@ -104,6 +104,14 @@ def test_run_zero_shot_seg_and_grounding_write_maps_overlays_and_json(tmp_path, 
     labels = np.asarray(Image.open(out / "chelsea_labels.png"))
     assert labels.shape == photos[1].shape[:2] and labels.max() <= 2
     assert Image.open(out / "chelsea_overlay.png").size == (photos[1].shape[1], photos[1].shape[0])
+    b16 = str(tiny_checkpoint("clip-b16", root=tiny_root))  # a preset brings its method's settings and classes
+    preset = ["run", "zero-shot-seg", path, "--model", b16, "--preset", "clearclip-voc20", "--templates", "single"]
+    assert main([*preset, "--device", "cpu", "--out", str(tmp_path / "preset")]) == 0
+    rec = json.loads((tmp_path / "preset" / "zero-shot-seg.json").read_text())[0]
+    assert rec["protocol"]["preset"] == "clearclip-voc20" and rec["protocol"]["logit_scale"] == 50.0
+    assert rec["labels"][0] == "aeroplane" and len(rec["labels"]) == 20
+    assert main(["run", "grounding", path, "--model", model, "--labels", "a cat", "--preset", "naclip-voc21"]) != 0
+    assert "--preset is a zero-shot-seg or generation option" in capsys.readouterr().err
     args = ["run", "grounding", path, "--model", model, "--labels", "a cat", "a sofa", "--device", "cpu"]
     assert main([*args, "--templates", "single", "--threshold", "0", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()

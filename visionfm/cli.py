@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.runner import Runner
     from .eval.suite import load_suite
 
-    suite = load_suite(args.suite, overrides={"num": args.num, "set": args.set})
+    suite = load_suite(args.suite, overrides={"num": args.num, "set": args.set, "data_root": args.data_root})
     runner = Runner(suite, args.model, args.out or "results", batch_size=args.batch_size, chunk_size=args.chunk_size,
                     num_workers=args.num_workers)  # fmt: skip
     report = runner.run()
@@ -152,6 +152,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             kw["mode"] = args.mode
         if args.refine:
             kw["refine"] = [r.strip() for r in args.refine.split(",")]
+    if args.preset and args.task not in ("zero-shot-seg", "generation"):
+        raise ValueError(f"--preset is a zero-shot-seg or generation option, not one of {args.task}")
+    if args.preset and args.task == "zero-shot-seg":
+        kw["preset"] = args.preset
     labels = [x.strip() for item in (args.labels or []) for x in item.split(",") if x.strip()]
     if args.task != "generation" and not args.images:
         raise ValueError(f"{args.task} needs at least one image file")
@@ -195,9 +199,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             for img, stem, r in zip(args.images, _picture_stems(args.images), results):
                 r.overlay(img).save(Path(args.out) / f"{stem}_masks.png")
     elif args.task == "zero-shot-seg":
-        if not labels:
-            raise ValueError("zero-shot-seg needs --labels (e.g. --labels 'cat,sofa')")
-        results = pipe(list(args.images), labels=labels, background=not args.no_background)
+        if not labels and not args.preset:
+            raise ValueError("zero-shot-seg needs --labels (e.g. --labels 'cat,sofa') or a --preset with its classes")
+        opts = {"labels": labels, "background": not args.no_background} if labels else {}
+        results = pipe(list(args.images), **opts)
         rows = [
             [img, ", ".join(f"{lab} {100 * float((r.label_map == r.labels.index(lab)).float().mean()):.0f}%"
                             for lab in r.masks)]
@@ -240,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if labels:
             raise ValueError("pass either --labels (class-conditional DiT) or --prompts (text-to-image), not both")
         res = pipe(prompts=prompts, num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt,
-                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, preset=args.preset)  # fmt: skip
+                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, preset=args.preset or "quick")  # fmt: skip
         print(_table([[str(i), p, str(sd)] for i, (p, sd) in enumerate(zip(res.prompts, res.seeds))],
                      ["#", "prompt", "seed"]))  # fmt: skip
         records = [res.to_dict()]
@@ -257,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         wanted = [int(x) if x.isdigit() else x for x in labels]
         res = pipe(wanted, num_images_per_label=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
-                   seed=args.seed, preset=args.preset)  # fmt: skip
+                   seed=args.seed, preset=args.preset or "quick")  # fmt: skip
         print(_table([[str(i), n or "-", str(c), str(sd)] for i, (n, c, sd) in enumerate(zip(res.names, res.labels,
                       res.seeds))], ["#", "class", "id", "seed"]))  # fmt: skip
         records = [res.to_dict()]
@@ -321,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance-scale", type=float, help="generation: classifier-free guidance (default: the preset's)")
     r.add_argument(
         "--preset",
-        default="quick",
-        help="generation: quick (DiT: 50 steps, cfg 4; PixArt: 20, cfg 4.5) or paper (DiT: 250, cfg 1.5)",
+        help="generation: quick (default; DiT: 50 steps, cfg 4; PixArt: 20, cfg 4.5) or paper (DiT: 250, cfg 1.5); "
+        "zero-shot-seg: a method's benchmark config, e.g. naclip-voc21 (its classes are used without --labels)",
     )
     r.add_argument("--seed", type=int, default=0, help="generation: seed of the first image (image i: seed + i)")
     r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
@@ -337,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="alias, hub id, open_clip tag or local directory")
     e.add_argument("--out", help="results directory (default: results/, or the --report directory)")
     e.add_argument("--report", help="aggregate the result JSONs under this directory into report.md + plots")
-    e.add_argument("--num", type=int, help="cap every dataset at N samples (quick runs)")
+    e.add_argument("--num", "--limit", type=int, help="cap every dataset at its first N samples (quick runs)")
+    e.add_argument("--data-root", help="folder relative dataset paths resolve against (default: the suite file's)")
     e.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="edit the suite: datasets.NAME.KEY=V or tasks.I.KEY=V (I: index or name); repeatable",
+        help="edit the suite: datasets.NAME.KEY=V or tasks.I.KEY=V (I: index or name; *: all); repeatable",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--chunk-size", type=int, default=256, help="samples per persisted chunk (unit of resume)")

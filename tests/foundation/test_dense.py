@@ -236,10 +236,14 @@ def _ref_gaussian(grid: tuple[int, int], prefix: int, sigma: float) -> torch.Ten
     return g
 
 
-def reference(name: str, enc, x: torch.Tensor, mode: str, proxy=None, sigma: float = 5.0) -> torch.Tensor:
-    """``[B, h, w, D]`` dense features computed head by head from the raw weights."""
+def reference(
+    name: str, enc, x: torch.Tensor, mode: str, proxy=None, sigma: float = 5.0, proxy_grid: bool = True
+) -> torch.Tensor:
+    """``[B, h, w, D]`` dense features computed head by head from the raw weights. ``proxy_grid``: ProxyCLIP's
+    layout, CLIP's values resized (bilinear) to the proxy grid and the output on that grid."""
     r = _ref_parts(name, enc, x)
     seq, prefix, (gh, gw) = r["x"] if mode != "maskclip" else r.get("x_maskclip", r["x"]), r["prefix"], r["grid"]
+    out_grid = tuple(proxy.shape[1:3]) if mode == "proxy" and proxy_grid else (gh, gw)
     hid = r["norm"](seq)
     width = hid.shape[-1]
     nh = r["heads"]
@@ -262,8 +266,12 @@ def reference(name: str, enc, x: torch.Tensor, mode: str, proxy=None, sigma: flo
         elif mode == "naclip":
             w = _row_softmax(k @ k.transpose(1, 2) * s + _ref_gaussian((gh, gw), prefix, sigma))
         elif mode == "proxy":
-            w = torch.stack([_ref_proxy_weights(proxy[b], (gh, gw)) for b in range(x.shape[0])])
+            w = torch.stack([_ref_proxy_weights(proxy[b], out_grid) for b in range(x.shape[0])])
             v = v[:, prefix:]
+            if out_grid != (gh, gw):  # each value channel resized from the CLIP grid to the proxy grid
+                vmap = v.transpose(1, 2).reshape(v.shape[0], -1, gh, gw)
+                vmap = F.interpolate(vmap, size=out_grid, mode="bilinear", align_corners=False)
+                v = vmap.flatten(2).transpose(1, 2)
         outs.append(w @ v)
     attn_out = torch.cat(outs, dim=-1) @ r["o"][0].T + r["o"][1]
     if mode == "proxy":
@@ -273,7 +281,7 @@ def reference(name: str, enc, x: torch.Tensor, mode: str, proxy=None, sigma: flo
     else:
         y = attn_out
     y = r["head"](y)[:, prefix:]
-    return y.reshape(x.shape[0], gh, gw, -1)
+    return y.reshape(x.shape[0], *out_grid, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,8 +298,23 @@ def test_modes_match_reference(encoders, name, mode, native):
     with torch.no_grad():
         out = dense_features(enc, x, mode, proxy_features=proxy)
         ref = reference(name, enc, x, mode, proxy)
-    grid = (size[0] // PATCH[name], size[1] // PATCH[name])
+    grid = (size[0] // PATCH[name], size[1] // PATCH[name]) if mode != "proxy" else (5, 7)  # proxy: its grid
     assert out.shape == (2, *grid, enc.info.embed_dim)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "resized"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_proxy_on_the_clip_grid_matches_reference(encoders, name, native):
+    """``proxy_grid=False``: the proxy's features resized to CLIP's grid, the output on CLIP's grid."""
+    enc = encoders[name]
+    size = SIZES[name][0 if native else 1]
+    x = _pixels(size)
+    proxy = _proxy(2)
+    with torch.no_grad():
+        out = dense_features(enc, x, "proxy", proxy_features=proxy, proxy_grid=False)
+        ref = reference(name, enc, x, "proxy", proxy, proxy_grid=False)
+    assert out.shape == (2, size[0] // PATCH[name], size[1] // PATCH[name], enc.info.embed_dim)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=1e-4)
 
 
@@ -300,7 +323,8 @@ def test_modes_differ(encoders):
     enc = encoders["open_clip-vit"]
     x = _pixels(SIZES["open_clip-vit"][0])
     with torch.no_grad():
-        outs = {m: dense_features(enc, x, m, proxy_features=_proxy(2) if m == "proxy" else None) for m in DENSE_MODES}
+        outs = {m: dense_features(enc, x, m, proxy_features=_proxy(2) if m == "proxy" else None, proxy_grid=False)
+                for m in DENSE_MODES}  # fmt: skip
     for a in DENSE_MODES:
         for b in DENSE_MODES:
             if a < b:
@@ -458,7 +482,7 @@ def test_proxy_with_constant_features_is_maskclip(encoders):
     enc = encoders["open_clip-vit"]
     x = _pixels((48, 48))
     with torch.no_grad():
-        proxy = dense_features(enc, x, "proxy", proxy_features=torch.ones(2, 3, 3, 4))
+        proxy = dense_features(enc, x, "proxy", proxy_features=torch.ones(2, 3, 3, 4), proxy_grid=False)
         mask = dense_features(enc, x, "maskclip")
     assert torch.isfinite(proxy).all()
     torch.testing.assert_close(proxy, mask, atol=ATOL, rtol=1e-4)
@@ -470,8 +494,10 @@ def test_proxy_from_dinov2(encoders, tiny_root):
     x = _pixels((72, 56))
     with torch.inference_mode():
         proxy = dino(F.interpolate(x, size=(56, 42), mode="bilinear")).patches
-        out = dense_features(enc, x, "proxy", proxy_features=proxy)
+        out = dense_features(enc, x, "proxy", proxy_features=proxy, proxy_grid=False)
+        on_proxy = dense_features(enc, x, "proxy", proxy_features=proxy)
     assert out.shape == (2, 9, 7, enc.info.embed_dim) and torch.isfinite(out).all()
+    assert on_proxy.shape == (2, *proxy.shape[1:3], enc.info.embed_dim) and torch.isfinite(on_proxy).all()
 
 
 def test_errors(encoders, tiny_root):

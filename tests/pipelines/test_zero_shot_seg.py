@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import visionfm as vfm
 from visionfm.foundation.dense import dense_features
+from visionfm.pipelines.seg_protocol import class_probs, pamr, window_grid
 from visionfm.pipelines.zero_shot import text_classifier
-from visionfm.pipelines.zero_shot_seg import pamr, window_grid
 from visionfm.testing import tiny_checkpoint
 
 LABELS = ["cat", "sofa", "sky"]
@@ -29,14 +29,15 @@ def hf_clip(tiny_root):
 
 
 @torch.inference_mode()
-def _direct_logits(enc, x01: torch.Tensor, labels, mode, scale=40.0, templates="imagenet80"):
-    """Whole-image logits ``[K, h, w]`` computed directly: normalise, dense features, cosine to class weights."""
-    mean = torch.tensor(enc.info.mean).view(1, 3, 1, 1)
-    std = torch.tensor(enc.info.std).view(1, 3, 1, 1)
-    emb = F.normalize(dense_features(enc, (x01[None] - mean) / std, mode).float(), dim=-1)[0]
+def _direct_cos(enc, x: torch.Tensor, labels, mode, templates="imagenet80"):
+    """Cosine maps ``[K, h, w]`` of one normalised input ``x [3, h, w]`` computed directly: dense features on the
+    floor grid, cosine to each label, bilinear to ``h x w``."""
+    p = enc.info.patch_size
+    gh, gw = x.shape[-2] // p, x.shape[-1] // p
+    emb = F.normalize(dense_features(enc, x[None, :, : gh * p, : gw * p], mode, pos_interp="dino").float(), dim=-1)[0]
     w = text_classifier(enc, labels, templates)
-    sim = scale * torch.einsum("hwd,kd->khw", emb, w)
-    return F.interpolate(sim[None], x01.shape[-2:], mode="bilinear", align_corners=False)[0]
+    sim = torch.einsum("hwd,kd->khw", emb, w)
+    return F.interpolate(sim[None], x.shape[-2:], mode="bilinear", align_corners=False)[0]
 
 
 @pytest.mark.parametrize(
@@ -54,40 +55,39 @@ def test_window_grid_covers_the_image(size, window, stride):
 
 @pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "naclip"])
 @pytest.mark.parametrize("which", ["clip", "hf_clip"])
-def test_window_covering_the_image_equals_whole_image_inference(request, which, mode, photos):
+def test_a_window_covering_the_image_is_whole_image_inference(request, which, mode, photos):
     enc = request.getfixturevalue(which)
-    seg = vfm.pipeline("zero-shot-seg", model=enc, mode=mode, short_side=48, window=64, stride=32)
-    x = seg._resize(torch.from_numpy(photos[2]).permute(2, 0, 1))  # 48 x 72: one 64-px window would not cover
-    x = x[:, :, :48]  # square 48 x 48 crop: the window covers it (padded to 64)
-    w, owner = seg.text_weights([[lab] for lab in LABELS])
-    got = seg.logits(x, w, owner, len(LABELS))
-    pad = F.pad(x, (0, 16, 0, 16))
-    want = _direct_logits(enc, pad, LABELS, mode)[:, :48, :48]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    seg = vfm.pipeline("zero-shot-seg", model=enc, mode=mode, short_side=48, window=96, stride=48)
+    x = seg.prepare(torch.from_numpy(photos[2]).permute(2, 0, 1))  # 48 x 72: one 96-px window covers it, unpadded
+    w, _ = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.text_logits(x, w)
+    torch.testing.assert_close(got, _direct_cos(enc, x, LABELS, mode), atol=1e-5, rtol=0)
+    whole = vfm.pipeline("zero-shot-seg", model=enc, mode=mode, short_side=48, inference="whole")
+    torch.testing.assert_close(whole.text_logits(x, w), got, atol=1e-6, rtol=0)
 
 
 def test_tiles_equal_per_tile_inference(clip, photos):
     seg = vfm.pipeline("zero-shot-seg", model=clip, mode="sclip", short_side=96, window=48, stride=48)
-    x = seg._resize(torch.from_numpy(photos[0]).permute(2, 0, 1))  # 96 x 96: four tiles, no overlap
-    w, owner = seg.text_weights([[lab] for lab in LABELS])
-    got = seg.logits(x, w, owner, len(LABELS))
+    x = seg.prepare(torch.from_numpy(photos[0]).permute(2, 0, 1))  # 96 x 96: four tiles, no overlap
+    w, _ = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.text_logits(x, w)
     for y0 in (0, 48):
         for x0 in (0, 48):
-            want = _direct_logits(clip, x[:, y0 : y0 + 48, x0 : x0 + 48], LABELS, "sclip")
-            torch.testing.assert_close(got[:, y0 : y0 + 48, x0 : x0 + 48], want, atol=1e-4, rtol=0)
+            want = _direct_cos(clip, x[:, y0 : y0 + 48, x0 : x0 + 48], LABELS, "sclip")
+            torch.testing.assert_close(got[:, y0 : y0 + 48, x0 : x0 + 48], want, atol=1e-5, rtol=0)
 
 
 def test_overlapping_windows_are_averaged(clip, photos):
     seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", short_side=48, window=48, stride=24)
-    x = seg._resize(torch.from_numpy(photos[1]).permute(2, 0, 1))  # 48 x 72: windows at x = 0 and 24
+    x = seg.prepare(torch.from_numpy(photos[1]).permute(2, 0, 1))  # 48 x 72: windows at x = 0 and 24
     assert window_grid(tuple(x.shape[1:]), 48, 24) == [(0, 0, 48, 48), (0, 24, 48, 72)]
-    w, owner = seg.text_weights([[lab] for lab in LABELS])
-    got = seg.logits(x, w, owner, len(LABELS))
-    a = _direct_logits(clip, x[:, :, :48], LABELS, "maskclip")
-    b = _direct_logits(clip, x[:, :, 24:72], LABELS, "maskclip")
-    torch.testing.assert_close(got[:, :, :24], a[:, :, :24], atol=1e-4, rtol=0)
-    torch.testing.assert_close(got[:, :, 24:48], (a[:, :, 24:] + b[:, :, :24]) / 2, atol=1e-4, rtol=0)
-    torch.testing.assert_close(got[:, :, 48:], b[:, :, 24:], atol=1e-4, rtol=0)
+    w, _ = seg.text_weights([[lab] for lab in LABELS])
+    got = seg.text_logits(x, w)
+    a = _direct_cos(clip, x[:, :, :48], LABELS, "maskclip")
+    b = _direct_cos(clip, x[:, :, 24:72], LABELS, "maskclip")
+    torch.testing.assert_close(got[:, :, :24], a[:, :, :24], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[:, :, 24:48], (a[:, :, 24:] + b[:, :, :24]) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[:, :, 48:], b[:, :, 24:], atol=1e-5, rtol=0)
 
 
 def test_result_shapes_background_and_outputs(clip, photos, tmp_path):
@@ -95,11 +95,15 @@ def test_result_shapes_background_and_outputs(clip, photos, tmp_path):
     img = photos[1]
     out = seg(img, labels=LABELS, background=True)
     assert out.label_map.shape == img.shape[:2] and out.label_map.dtype == torch.int64
+    assert out.probs.shape == (4, *img.shape[:2])
     assert out.labels == ["background", *LABELS]
     assert set(out.masks) <= set(out.labels) and len(out.scores) == 4
     d = json.loads(json.dumps(out.to_dict()))
     assert d["protocol"]["mode"] == "clearclip" and d["protocol"]["window"] == 48
     assert d["protocol"]["short_side"] == 72 and d["protocol"]["templates"] == "simple"
+    assert (
+        d["protocol"]["resize"] == "cv2" and d["protocol"]["pos_interp"] == "dino" and d["protocol"]["preset"] is None
+    )
     assert out.overlay(img).size == (img.shape[1], img.shape[0])
     none = seg(img, labels=LABELS, prob_thresh=1.0)  # no label of a random tiny CLIP is that sure: all background
     assert (none.label_map == 0).all()
@@ -109,38 +113,49 @@ def test_result_shapes_background_and_outputs(clip, photos, tmp_path):
     assert len(plain) == 2 and plain[0].labels == LABELS
 
 
-def test_synonyms_take_the_best_name(clip, photos):
+def test_every_synonym_is_a_text_of_the_softmax(clip, photos):
+    """The references' postprocess: softmax over all texts (synonyms included), a class takes its best synonym's
+    probability. Checked against a direct computation."""
     seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single", short_side=48)
-    x = seg._resize(torch.from_numpy(photos[0]).permute(2, 0, 1))  # 48 x 48: one window
     w, owner = seg.text_weights([["cat", "kitten"], ["sofa"]])
-    got = seg.logits(x, w, owner, 2)
-    with torch.inference_mode():  # the best synonym is taken per patch, before upsampling
-        mean, std = torch.tensor(clip.info.mean).view(1, 3, 1, 1), torch.tensor(clip.info.std).view(1, 3, 1, 1)
-        emb = F.normalize(dense_features(clip, (x[None] - mean) / std, "maskclip"), dim=-1)[0]
-        t = text_classifier(clip, ["cat", "kitten", "sofa"], "single")
-        sim = 40.0 * torch.einsum("hwd,kd->khw", emb, t)
-        best = torch.stack([torch.maximum(sim[0], sim[1]), sim[2]])
-        want = F.interpolate(best[None], (48, 48), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    px = torch.from_numpy(photos[0]).permute(2, 0, 1)
+    cos = seg.scores(px, w)
+    p = (40.0 * cos).softmax(0)
+    want = torch.stack([torch.maximum(p[0], p[1]), p[2]])
+    torch.testing.assert_close(class_probs(cos, owner, 2, 40.0), want, atol=1e-7, rtol=0)
     a = seg(photos[0], labels=["cat; kitten", "sofa"])
     b = seg(photos[0], labels=["cat", "sofa"], synonyms={"cat": ["kitten"]})
     assert torch.equal(a.label_map, b.label_map) and a.labels == ["cat", "sofa"]
+    torch.testing.assert_close(a.probs, want, atol=1e-6, rtol=0)
 
 
 def test_pamr_matches_a_direct_loop():
+    """PAMR as 1-stage-wseg (SCLIP, NACLIP) writes it, pixel by pixel: sigma over the 3x3 neighbourhoods of every
+    dilation including the centre, affinity -|dI| / (1e-8 + 0.1 sigma), softmax over the 8 * len(dilations)
+    neighbours (centre excluded), replicate borders."""
     g = torch.Generator().manual_seed(0)
-    img, probs = torch.rand(3, 9, 11, generator=g), torch.rand(2, 9, 11, generator=g).softmax(0)
-    got = pamr(img, probs, iterations=1, dilations=(1, 2))
-    offs = [(dy, dx) for d in (1, 2) for dy in (-d, 0, d) for dx in (-d, 0, d) if (dy, dx) != (0, 0)]
-    want = torch.zeros_like(probs)
+    img, logits = torch.rand(3, 9, 11, generator=g), torch.randn(2, 9, 11, generator=g)
+    got = pamr(img, logits, iterations=2, dilations=(1, 3))
+    ring = [(dy, dx) for d in (1, 3) for dy in (-d, 0, d) for dx in (-d, 0, d)]
+    offs = [o for o in ring if o != (0, 0)]
     H, W = img.shape[1:]
+
+    def at(i, j, dy, dx):
+        return min(max(i + dy, 0), H - 1), min(max(j + dx, 0), W - 1)
+
+    aff = torch.zeros(len(offs), H, W)
     for i in range(H):
         for j in range(W):
-            nb = [(min(max(i + dy, 0), H - 1), min(max(j + dx, 0), W - 1)) for dy, dx in offs]
-            cols = torch.stack([img[:, a, b] for a, b in nb], 1)  # [3, P]
-            std = cols.std(1, keepdim=True) + 1e-8
-            aff = (-((img[:, i, j][:, None] - cols).abs() / std).mean(0)).softmax(0)
-            want[:, i, j] = sum(aff[k] * probs[:, a, b] for k, (a, b) in enumerate(nb))
+            sigma = torch.stack([img[:, a, b] for a, b in (at(i, j, dy, dx) for dy, dx in ring)], 1).std(1)
+            cols = torch.stack([img[:, a, b] for a, b in (at(i, j, dy, dx) for dy, dx in offs)], 1)  # [3, P]
+            aff[:, i, j] = (-((img[:, i, j][:, None] - cols).abs() / (1e-8 + 0.1 * sigma[:, None])).mean(0)).softmax(0)
+    want = logits.clone()
+    for _ in range(2):
+        nxt = torch.zeros_like(want)
+        for i in range(H):
+            for j in range(W):
+                nxt[:, i, j] = sum(aff[k, i, j] * want[:, a, b] for k, (a, b) in enumerate(at(i, j, *o) for o in offs))
+        want = nxt
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -150,7 +165,7 @@ def test_pamr_snaps_to_colour_edges():
     probs = torch.full((2, 24, 24), 0.5)
     probs[0, :, :10], probs[1, :, :10] = 0.9, 0.1  # confident only away from the edge
     probs[0, :, 14:], probs[1, :, 14:] = 0.1, 0.9
-    out = pamr(img, probs).argmax(0)
+    out = pamr(img, probs, dilations=(1, 2, 4)).argmax(0)
     assert (out[:, :12] == 0).all() and (out[:, 12:] == 1).all()
 
 
@@ -173,7 +188,7 @@ def test_refinement_and_proxy_run(clip, tiny_root, photos):
         assert out.label_map.shape == img.shape[:2]
         assert (
             out.protocol["proxy"]
-            and out.protocol["refine"][0] == "pamr"
+            and out.protocol["refine"][0] == "pamr:10x[8, 16]"
             and "sam-" + sam_mode in out.protocol["refine"][1]
         )
 
@@ -202,8 +217,13 @@ def test_errors(clip, tiny_root, photos):
         vfm.pipeline("zero-shot-seg", model=clip, mode="nope")
     with pytest.raises(ValueError, match="proxy"):
         vfm.pipeline("zero-shot-seg", model=clip, mode="proxy")
-    with pytest.raises(ValueError, match="multiple of the model's patch size"):
-        vfm.pipeline("zero-shot-seg", model=clip, window=50)
+    with pytest.raises(ValueError, match="smaller than the model's patch size"):
+        vfm.pipeline("zero-shot-seg", model=clip, window=4)
+    with pytest.raises(ValueError, match="unknown zero-shot-seg preset 'naclip-voc'"):
+        vfm.pipeline("zero-shot-seg", model=clip, preset="naclip-voc")
+    for opt, bad in (("inference", "tiles"), ("resize", "area"), ("pos_interp", "nearest")):
+        with pytest.raises(ValueError, match=f"^{opt} must be one of"):
+            vfm.pipeline("zero-shot-seg", model=clip, **{opt: bad})
     seg = vfm.pipeline("zero-shot-seg", model=clip)
     with pytest.raises(ValueError, match="needs labels"):
         seg(photos[0])

@@ -545,6 +545,71 @@ class _Names:
         return name + ".png"
 
 
+#: the open-vocabulary segmentation benchmarks in the papers' column order (``ovseg`` suite; data/ovseg.py)
+OVSEG_COLUMNS = ("voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff")
+_OVSEG_HEADERS = ("VOC21", "Context60", "COCO-Object", "VOC20", "Cityscapes", "Context59", "ADE20K", "COCO-Stuff")
+
+
+def ovseg_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
+    """One row per (model, method) over segmentation results on ovseg benchmarks: ``{"model", "method", "miou":
+    {benchmark: mIoU in %}, "average"}``; the average is over the 8 benchmarks, ``None`` unless all 8 are there.
+    Runs of the same model and method (e.g. one run per benchmark) are merged; for a benchmark reported twice, the
+    newest run wins."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: str(r.get("started", ""))):
+        for res in run["results"]:
+            bench = res.get("benchmark")
+            miou = res.get("metrics", {}).get("mIoU")
+            if res.get("task") != "segmentation" or bench not in OVSEG_COLUMNS or not _is_number(miou):
+                continue
+            proto = res.get("protocol") or {}
+            method = str(res.get("method") or proto.get("mode") or "?")
+            key = (str(run["model"]), method)
+            row = rows.setdefault(key, {"model": key[0], "method": method, "miou": {}})
+            row["miou"][bench] = 100.0 * float(miou)
+    out = []
+    for row in rows.values():
+        vals = [row["miou"].get(b) for b in OVSEG_COLUMNS]
+        row["average"] = float(np.mean(vals)) if all(v is not None for v in vals) else None
+        out.append(row)
+    return out
+
+
+def ovseg_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The papers' table in markdown: model, method, mIoU (%) per benchmark, average (``–`` where missing)."""
+    head = ["model", "method", *_OVSEG_HEADERS, "Avg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['miou'][b]:.2f}" if b in r["miou"] else MISSING for b in OVSEG_COLUMNS]
+        avg = f"{r['average']:.2f}" if r["average"] is not None else MISSING
+        lines.append("| " + " | ".join([r["model"], r["method"], *cells, avg]) + " |")
+    return "\n".join(lines)
+
+
+def plot_ovseg(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Grouped bars: mIoU (%) per benchmark, one bar per (model, method) row; returns ``path`` (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("no ovseg segmentation results to plot")
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(OVSEG_COLUMNS))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        vals = [r["miou"].get(b, np.nan) for b in OVSEG_COLUMNS]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, label=_short(f"{r['model']} / {r['method']}"))
+    ax.set_xticks(x, _OVSEG_HEADERS, rotation=20)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("open-vocabulary segmentation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    return Path(path)
+
+
 def build_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md`` with tables and plots (PNGs under ``out_dir/plots/``) for results files.
 
@@ -578,6 +643,13 @@ def build_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path) 
         "",
         results_table(runs),
     ]
+
+    ov = ovseg_rows(kept)
+    if ov:
+        file = plot_ovseg(ov, plots / name("ovseg"))
+        lines += ["## Open-vocabulary segmentation", "", "mIoU (%) per benchmark; the average needs all eight.", "",
+                  ovseg_table(ov), "", f"![ovseg]({file.relative_to(out).as_posix()})", ""]  # fmt: skip
+        n_plots += 1
 
     groups: dict[tuple[str, str], str] = {}  # (dataset, task) -> main metric
     for run in kept:

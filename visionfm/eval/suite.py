@@ -65,7 +65,9 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
         suite: a shipped suite name (:func:`shipped_suites`) or a path to a YAML file.
         overrides: ``{"num": N}`` caps every dataset at N samples (quick runs); ``{"set": ["a.b=value", ...]}``
             edits the YAML before it is read: ``datasets.NAME.KEY=V`` or ``tasks.I.KEY=V`` (``I``: the task's
-            index or ``name``), values parsed as YAML.
+            index or ``name``; ``*``: every dataset / task), values parsed as YAML; ``{"data_root": DIR}``: relative
+            dataset paths resolve against ``DIR`` (default: the suite file's folder, or the working directory for a
+            shipped suite).
 
     Raises:
         ValueError: unknown suite, malformed YAML, unknown task, or a task naming a dataset the suite lacks —
@@ -91,11 +93,16 @@ def load_suite(suite: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ValueError(f"suite {suite}: {where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
     if overrides and overrides.get("set"):
         raw = apply_suite_overrides(raw, list(overrides["set"]), label=str(suite))
+    if overrides and overrides.get("data_root"):
+        root = Path(os.path.expanduser(str(overrides["data_root"])))
+        if not root.is_dir():
+            raise ValueError(f"suite {suite}: data root {root} is not a directory")
     return parse_suite(raw, root=root, path=path, overrides=overrides, label=str(suite))
 
 
 def apply_suite_overrides(raw: dict[str, Any], items: list[str], *, label: str = "suite") -> dict[str, Any]:
-    """A copy of a suite dict with ``datasets.NAME.KEY=V`` / ``tasks.I.KEY=V`` edits (see :func:`load_suite`)."""
+    """A copy of a suite dict with ``datasets.NAME.KEY=V`` / ``tasks.I.KEY=V`` edits (``*`` for all; see
+    :func:`load_suite`)."""
     import copy
 
     from ..training.recipes import _parse_value
@@ -107,22 +114,22 @@ def apply_suite_overrides(raw: dict[str, Any], items: list[str], *, label: str =
         if not sep or len(parts) < 3 or parts[0] not in ("datasets", "tasks"):
             raise ValueError(f"{label}: override {item!r} must look like datasets.NAME.KEY=V or tasks.I.KEY=V")
         if parts[0] == "datasets":
-            node = (out.get("datasets") or {}).get(parts[1])
-            if not isinstance(node, dict):
-                raise ValueError(
-                    f"{label}: override {item!r}: no dataset {parts[1]!r} in {sorted(out.get('datasets') or {})}"
-                )
+            everything = out.get("datasets") or {}
+            nodes = list(everything.values()) if parts[1] == "*" else [everything.get(parts[1])]
+            if not nodes or not all(isinstance(n, dict) for n in nodes):
+                raise ValueError(f"{label}: override {item!r}: no dataset {parts[1]!r} in {sorted(everything)}")
         else:
             tasks = out.get("tasks") or []
-            idx = [i for i, t in enumerate(tasks) if str(i) == parts[1] or t.get("name") == parts[1]]
-            if not idx:
+            nodes = [t for i, t in enumerate(tasks) if parts[1] in ("*", str(i), t.get("name"))]
+            if not nodes:
                 raise ValueError(f"{label}: override {item!r}: no task with index or name {parts[1]!r}")
-            node = tasks[idx[0]]
-        for p in parts[2:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{label}: override {item!r}: {p!r} is not a mapping")
-        node[parts[-1]] = _parse_value(value)
+            nodes = nodes if parts[1] == "*" else nodes[:1]
+        for node in nodes:
+            for p in parts[2:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{label}: override {item!r}: {p!r} is not a mapping")
+            node[parts[-1]] = _parse_value(value)
     return out
 
 

@@ -222,49 +222,86 @@ def retrieval(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: zero-shot-seg options a segmentation task may set (each passed to the pipeline as is)
+SEG_OPTIONS = ("mode", "templates", "short_side", "max_long_side", "resize", "inference", "window", "stride",
+               "pad_multiple", "pos_interp", "logit_scale", "prob_thresh", "cos_thresh", "area_thresh", "refine",
+               "pamr_steps", "pamr_dilations", "proxy", "proxy_grid")  # fmt: skip
+
+
 @register_task("segmentation", datasets=("dataset",), description="zero-shot segmentation mIoU")
 def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
-    """``{dataset (targets: int label maps, 0 = background), classnames, mode, templates, short_side, window,
-    stride, cos_thresh, prob_thresh, refine}``: zero-shot-seg mIoU / aAcc / mAcc (background + classes)."""
+    """``{dataset, method | preset, and any zero-shot-seg option (mode, templates, short_side, window, stride,
+    logit_scale, prob_thresh, cos_thresh, area_thresh, refine, ...)}``: zero-shot-seg mIoU / aAcc / mAcc.
+
+    On a benchmark of the ``ovseg`` source, ``method: naclip`` runs the preset ``naclip-<benchmark>`` (or ``preset:``
+    names one) with that method's class names and background words; without a preset the dataset's class names are
+    the labels, and on benchmarks whose class 0 is the background (VOC21, Context60, COCO-Object) class 0 is predicted
+    as background. Targets' 255 is ignored. On other datasets targets are label maps with 0 = background and the
+    task's (or dataset's) class names for 1..K.
+    """
     from ..pipelines.zero_shot_seg import ZeroShotSegPipeline
     from .metrics import SegmentationMetric
 
     name = task["dataset"]
-    names = _names(runner, task, name)
-    opts = {k: task[k] for k in ("mode", "templates", "short_side", "window", "stride", "logit_scale", "refine",
-                                 "prob_thresh", "cos_thresh") if k in task}  # fmt: skip
-    seg = ZeroShotSegPipeline(runner.encoder, batch_size=runner.batch_size, **opts)
-    k = len(names) + 1
+    ds = runner.dataset(name)
+    bench = getattr(ds, "benchmark", None)
+    preset = task.get("preset")
+    if task.get("method") is not None:
+        if bench is None:
+            raise ValueError(f"task {task['name']}: 'method' needs an ovseg benchmark dataset, {name!r} is not one")
+        if preset is not None:
+            raise ValueError(f"task {task['name']}: give 'method' or 'preset', not both")
+        preset = f"{task['method']}-{bench.name}"
+    opts = {k: task[k] for k in SEG_OPTIONS if k in task}
+    seg = ZeroShotSegPipeline(runner.encoder, batch_size=runner.batch_size, preset=preset, **opts)
+    if bench is not None and preset is not None:
+        if seg.preset.benchmark != bench.name:
+            raise ValueError(f"task {task['name']}: preset {preset!r} is for {seg.preset.benchmark}, "
+                             f"dataset {name!r} is {bench.name}")  # fmt: skip
+        call: dict[str, Any] = {}  # the preset's classes and background words, in the benchmark's label order
+        k, names = len(bench.classes), list(bench.classes)
+    elif bench is not None:
+        names = list(task.get("classnames") or bench.classes)
+        k = len(names)
+        call = {"labels": names[1:], "background": True} if bench.has_background else {"labels": names}
+    else:
+        names = ["background", *_names(runner, task, name)]
+        k = len(names)
+        call = {"labels": names[1:], "background": True}
 
     def fn(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out = torch.zeros(len(samples), k, k, dtype=torch.long)
         for i, s in enumerate(samples):
             if s["target"] is None:
                 raise ValueError(f"task {task['name']}: sample {s['id']} has no segmentation target")
-            pred = seg._run([s["image"]], names, background=True)[0].label_map
+            pred = seg._run([s["image"]], **call)[0].label_map
             m = SegmentationMetric(k)
             m.update(pred, np.asarray(s["target"]))
             out[i] = torch.from_numpy(m.confusion)
         return {"confusion": out}
 
     rows = runner.map_chunks(f"segmentation/{runner.fingerprint[:16]}/{runner._dataset_key(name)}-{_task_key(task)}",
-                             runner.dataset(name), fn, f"segmentation {name}")  # fmt: skip
+                             ds, fn, f"segmentation {name}")  # fmt: skip
     valid = _readable(runner, task, name, rows)
     metric = SegmentationMetric(k)
     metric.confusion = rows["confusion"][valid].sum(0).numpy().astype(np.int64)
     out = metric.compute()
     iou = out.pop("IoU")
     pixels = out.pop("pixels")
-    return {
+    result = {
         "task": "segmentation",
         "dataset": name,
         "metrics": out,
         "samples": int(valid.sum()),
         "pixels": pixels,
         "skipped": int((~valid).sum()),
-        "per_class": {"names": ["background", *names], "iou": [None if np.isnan(v) else v for v in iou]},
+        "per_class": {"names": names, "iou": [None if np.isnan(v) else v for v in iou]},
         "protocol": seg.protocol,
     }
+    if bench is not None:
+        result["benchmark"] = bench.name
+        result["method"] = seg.preset.method if seg.preset is not None else seg.mode
+    return result
 
 
 @register_task("detection", datasets=("dataset",), description="grounding COCO box / mask AP")

@@ -265,6 +265,7 @@ def _surgery(
     naclip_sigma: float,
     proxy_beta: float,
     proxy_gamma: float,
+    proxy_grid: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """The last block under ``mode``; returns (``[B, P' + h*w, D]`` joint-space tokens, ``P'``)."""
     x = t.tokens if t.pos is None or mode == "maskclip" else t.tokens + t.pos
@@ -284,8 +285,14 @@ def _surgery(
         out = v
     elif mode == "proxy":
         assert proxy_features is not None  # checked by _check_proxy
-        attn = proxy_attention(proxy_features.to(v.device), t.grid, beta=proxy_beta, gamma=proxy_gamma)
-        out = attn.to(v.dtype).unsqueeze(1) @ v[:, :, prefix:]  # same weights for every head
+        vp = v[:, :, prefix:]  # [B, heads, h*w, d]: the class token takes no part
+        out_grid = tuple(proxy_features.shape[1:3]) if proxy_grid else t.grid
+        if out_grid != t.grid:  # ProxyCLIP: the values go to the proxy grid (bilinear), the output stays there
+            vmap = vp.transpose(2, 3).reshape(b, heads * d, *t.grid)
+            vmap = F.interpolate(vmap, size=out_grid, mode="bilinear", align_corners=False)
+            vp = vmap.reshape(b, heads, d, -1).transpose(2, 3)
+        attn = proxy_attention(proxy_features.to(v.device), out_grid, beta=proxy_beta, gamma=proxy_gamma)
+        out = attn.to(v.dtype).unsqueeze(1) @ vp  # same weights for every head
         x, prefix = x[:, prefix:], 0
     else:
         if mode == "vanilla":
@@ -332,6 +339,7 @@ def _dense_tokens(
     proxy_beta: float = PROXY_BETA,
     proxy_gamma: float = PROXY_GAMMA,
     pos_interp: str = "size",
+    proxy_grid: bool = True,
 ) -> tuple[torch.Tensor, int, tuple[int, int]]:
     """:func:`dense_features` with the prefix tokens kept: (``[B, P + h*w, D]``, ``P``, ``(h, w)``)."""
     check_mode(mode)
@@ -345,8 +353,10 @@ def _dense_tokens(
         naclip_sigma=naclip_sigma,
         proxy_beta=proxy_beta,
         proxy_gamma=proxy_gamma,
+        proxy_grid=proxy_grid,
     )
-    return tokens, prefix, tower.grid
+    grid = tuple(proxy_features.shape[1:3]) if mode == "proxy" and proxy_grid else tower.grid
+    return tokens, prefix, grid
 
 
 def dense_features(
@@ -359,6 +369,7 @@ def dense_features(
     proxy_beta: float = PROXY_BETA,
     proxy_gamma: float = PROXY_GAMMA,
     pos_interp: str = "size",
+    proxy_grid: bool = True,
 ) -> torch.Tensor:
     """Training-free dense patch embeddings in CLIP's image-text space.
 
@@ -382,9 +393,9 @@ def dense_features(
     - ``proxy`` (ProxyCLIP): weights from the proxy encoder's patch affinity (:func:`proxy_attention`:
       cosine similarity ``S``, logits ``(S - proxy_beta * mean(S)) * proxy_gamma``, negatives masked),
       the same for every head, applied to the block's value embeddings of the patch tokens (the class
-      token takes no part), ``out_proj``; no residual, no FFN. Unlike ProxyCLIP, which resizes CLIP's
-      values to the proxy grid and answers on that grid, the proxy features are resized to the CLIP grid
-      here (bilinear), so every mode answers on the same grid.
+      token takes no part), ``out_proj``; no residual, no FFN. As in ProxyCLIP, the values are resized
+      (bilinear) to the proxy's grid and the output is on that grid (``proxy_grid=True``); with
+      ``proxy_grid=False`` the proxy features are resized to the CLIP grid instead, which answers on CLIP's grid.
 
     The block output then goes through the head that makes the pooled embedding: open_clip ``ln_post``
     and ``@ proj``; transformers CLIP ``post_layernorm`` and ``visual_projection``; the open_clip
@@ -407,11 +418,14 @@ def dense_features(
         proxy_beta: ProxyCLIP's threshold ``beta``: affinities below ``beta`` times their mean are masked
             (default 1.2, ProxyCLIP's).
         proxy_gamma: ProxyCLIP's logit scale ``gamma`` (default 3.0, ProxyCLIP's).
+        proxy_grid: ``mode="proxy"`` answers on the proxy's grid (ProxyCLIP's; ``h, w`` below are then the proxy
+            features' grid) or, when ``False``, on CLIP's.
         pos_interp: how the position table is resized to a non-native grid, ``"size"`` (transformers') or
             ``"dino"`` (the SCLIP/ClearCLIP/NACLIP references'); see :func:`resize_pos_embed`.
 
     Returns:
-        ``[B, h, w, D]`` patch embeddings, ``h = H // patch``, ``w = W // patch``, ``D = info.embed_dim``,
+        ``[B, h, w, D]`` patch embeddings, ``h = H // patch``, ``w = W // patch`` (``proxy``: the proxy's grid unless
+        ``proxy_grid=False``), ``D = info.embed_dim``,
         in the space of ``encoder.encode_text`` and ``Features.pooled``; not normalised.
 
     Raises:
@@ -436,5 +450,6 @@ def dense_features(
         proxy_beta=proxy_beta,
         proxy_gamma=proxy_gamma,
         pos_interp=pos_interp,
+        proxy_grid=proxy_grid,
     )
     return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1])

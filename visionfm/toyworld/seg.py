@@ -53,16 +53,12 @@ def target_map(scene: Scene, kind: str) -> np.ndarray:
 
 def tune_cos_thresh(seg: Any, scenes: Sequence[Scene], kind: str, grid: Sequence[float] = THRESHOLDS) -> float:
     """The background cosine threshold with the best mIoU on ``scenes`` (dense scores computed once per scene)."""
-    import torch.nn.functional as F
-
     names = class_names(kind)
-    weights, owner = seg.text_weights([[n] for n in names])
+    weights, _ = seg.text_weights([[n] for n in names])
     metrics = {t: SegmentationMetric(len(names) + 1) for t in grid}
     for sc in scenes:
         pixels = torch.from_numpy(sc.image).permute(2, 0, 1)
-        cos = seg.logits(seg._resize(pixels), weights, owner, len(names)) / seg.logit_scale
-        full = F.interpolate(cos[None], sc.image.shape[:2], mode="bilinear", align_corners=False)[0]
-        best, lab = full.max(0)
+        best, lab = seg.scores(pixels, weights).max(0)  # cosine maps at the scene's size
         tgt = target_map(sc, kind)
         for t in grid:
             metrics[t].update(torch.where(best < t, 0, lab + 1), tgt)

@@ -46,7 +46,27 @@ EVAL_TASK_KEYS: dict[str, frozenset[str]] = {
     "linear_probe": frozenset({"train", "val", "test", "weight_decays", "epochs", "seed"}),
     "knn": frozenset({"train", "test", "k", "temperature"}),
     "retrieval": frozenset({"dataset", "captions_per_image"}),
-    "segmentation": frozenset({"dataset", "logit_scale", "prob_thresh", "cos_thresh", *_DENSE}),
+    "segmentation": frozenset(
+        {
+            "dataset",
+            "method",
+            "preset",
+            "logit_scale",
+            "prob_thresh",
+            "cos_thresh",
+            "area_thresh",
+            "max_long_side",
+            "resize",
+            "inference",
+            "pad_multiple",
+            "pos_interp",
+            "pamr_steps",
+            "pamr_dilations",
+            "proxy",
+            "proxy_grid",
+            *_DENSE,
+        }
+    ),  # fmt: skip
     "detection": frozenset(
         {"dataset", "phrases", "max_detections", "threshold", "cos_thresh", "nms_thresh", "min_area", *_DENSE}
     ),  # fmt: skip
