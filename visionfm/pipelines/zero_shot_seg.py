@@ -250,6 +250,8 @@ class ZeroShotSegPipeline(Pipeline):
             is dropped (its pixels take their next best class); in [0, 1]; default ``None`` (off).
         pamr_steps: PAMR iterations for ``refine="pamr"`` (default 10).
         pamr_dilations: PAMR neighbourhood radii in pixels (default ``(8, 16)``, SCLIP's and NACLIP's).
+        method_options: options of a registered method (``mode`` one of
+            :func:`visionfm.pipelines.seg_methods.seg_methods`, e.g. the encoders it needs); refused for dense modes.
         sam_points_per_side: grid of SAM's automatic masks (``sam_mode="auto"``).
         sam_options: more options for SAM's automatic masks (see ``MaskGenerationPipeline.generate``), e.g.
             ``{"pred_iou_thresh": 0.8, "crops_n_layers": 1}``.
@@ -287,6 +289,7 @@ class ZeroShotSegPipeline(Pipeline):
         area_thresh: float | None = None,
         pamr_steps: int | None = None,
         pamr_dilations: Sequence[int] | None = None,
+        method_options: Mapping[str, Any] | None = None,
         sam_points_per_side: int = 16,
         sam_options: Mapping[str, Any] | None = None,
         cache_size: int = 16,
@@ -305,6 +308,7 @@ class ZeroShotSegPipeline(Pipeline):
             "window": window, "stride": stride, "pad_multiple": pad_multiple, "pos_interp": pos_interp,
             "logit_scale": logit_scale, "prob_thresh": prob_thresh, "cos_thresh": cos_thresh,
             "area_thresh": area_thresh, "pamr_steps": pamr_steps, "pamr_dilations": pamr_dilations,
+            "method_options": method_options,
         }  # fmt: skip
         self.preset = get_preset(preset) if preset is not None else None
         opts = dict(self.preset.options) if self.preset is not None else {}
@@ -314,7 +318,21 @@ class ZeroShotSegPipeline(Pipeline):
             mode = "student-adaptor" if mode == "sclip" else mode
             if mode != "student-adaptor":
                 raise ValueError(f"a distilled student has no attention modes (got mode={mode!r}); leave mode unset")
-        self.mode = mode if mode == "student-adaptor" else check_mode(mode)
+        from .seg_methods import seg_methods
+
+        self.method = seg_methods().get(mode)  # Trident, CorrCLIP, ...: their own scoring (seg_methods.py)
+        self.mode = mode if mode == "student-adaptor" or self.method is not None else check_mode(mode)
+        self.method_options = {
+            **(self.method.defaults if self.method else {}),
+            **dict(opts.get("method_options") or {}),
+        }
+        if self.method is None and self.method_options:
+            raise ValueError(f"method_options are for the methods {sorted(seg_methods())}, not mode={self.mode!r}")
+        if self.method is not None:
+            unknown = sorted(set(self.method_options) - set(self.method.option_keys))
+            if unknown:
+                raise ValueError(f"unknown method_options {unknown} for mode={self.mode!r}; "
+                                 f"valid: {list(self.method.option_keys)}")  # fmt: skip
         native = encoder.info.image_size[0]
         self.patch = int(encoder.info.patch_size)
         self.window = _positive_int("window", opts.get("window", native))
@@ -413,6 +431,7 @@ class ZeroShotSegPipeline(Pipeline):
             "cos_thresh": self.cos_thresh,
             "area_thresh": self.area_thresh,
             "templates": self.templates if isinstance(self.templates, str) else list(map(str, self.templates)),
+            "method": self.method.reference if self.method is not None else None,
             "refine": ([f"pamr:{self.pamr_steps}x{list(self.pamr_dilations)}"] if self.use_pamr else [])
             + ([f"sam-{self.sam_mode}:{self.sam.encoder.info.name}"] if self.sam is not None else []),
         }
@@ -516,7 +535,10 @@ class ZeroShotSegPipeline(Pipeline):
         whole-image logits, resize back, and PAMR when ``refine`` includes it."""
         size = tuple(pixels.shape[-2:])
         x = self.prepare(pixels)
-        cos = to_size(self.text_logits(x, weights), size)
+        if self.method is not None:
+            cos = self.method.scores(self, pixels, x, weights, self.method_options)
+        else:
+            cos = to_size(self.text_logits(x, weights), size)
         if self.use_pamr:
             with single_thread():  # the guide's rounding must not depend on the thread count (see single_thread)
                 guide = to_size(x, size)
@@ -578,6 +600,8 @@ class ZeroShotSegPipeline(Pipeline):
                 first = len(all_texts) - len(names)
                 best_cos = cos[(owner >= first).nonzero().flatten()].max(0).values
                 label_map[best_cos < c_th] = 0
+            if self.method is not None and self.method.refine is not None:
+                label_map, probs = self.method.refine(self, pixels, label_map, probs, self.method_options)
             if self.sam is not None:
                 hard = probs.clone()  # the thresholded map as scores: background where a threshold put it
                 if use_bg:
