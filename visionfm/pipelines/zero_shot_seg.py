@@ -42,6 +42,7 @@ from ..foundation.encoder import Encoder
 from ..foundation.zero_shot import Templates, check_labels, duplicate_groups, text_classifier
 from ..foundation.zero_shot import templates_key as _templates_key
 from .base import Pipeline, register_pipeline
+from .seg_methods import seg_methods
 from .seg_protocol import (
     class_probs,
     classify,
@@ -318,8 +319,6 @@ class ZeroShotSegPipeline(Pipeline):
             mode = "student-adaptor" if mode == "sclip" else mode
             if mode != "student-adaptor":
                 raise ValueError(f"a distilled student has no attention modes (got mode={mode!r}); leave mode unset")
-        from .seg_methods import seg_methods
-
         self.method = seg_methods().get(mode)  # Trident, CorrCLIP, ...: their own scoring (seg_methods.py)
         self.mode = mode if mode == "student-adaptor" or self.method is not None else check_mode(mode)
         self.method_options = {
@@ -377,6 +376,7 @@ class ZeroShotSegPipeline(Pipeline):
         self.use_pamr, self.sam = self._load_refiners(opts.get("refine"))
         self.cache_size = cache_size
         self._cache: OrderedDict[Any, torch.Tensor] = OrderedDict()
+        self._region_mask: torch.Tensor | None = None  # the current image's region_masks entry (methods read it)
 
     # -- construction helpers -------------------------------------------------------------------
     def _load(self, name: str | Encoder) -> Encoder:
@@ -554,6 +554,7 @@ class ZeroShotSegPipeline(Pipeline):
         synonyms: Mapping[str, Sequence[str]] | None = None,
         prob_thresh: float | None = None,
         cos_thresh: float | None = None,
+        region_masks: Sequence[Any] | None = None,
     ) -> list[SegResult]:
         from ..data.images import to_uint8_chw
 
@@ -587,9 +588,24 @@ class ZeroShotSegPipeline(Pipeline):
         weights, owner = self.text_weights(all_texts)
         out_labels = ([BACKGROUND] if use_bg else []) + names
         proto = dict(self.protocol, background=bg_names or use_bg, prob_thresh=p_th, cos_thresh=c_th)
+        if region_masks is not None:
+            if self.method is None:
+                raise ValueError(
+                    f"region_masks are read by the methods {sorted(seg_methods())}, not mode={self.mode!r}"
+                )
+            if len(region_masks) != len(images):
+                raise ValueError(f"region_masks: {len(region_masks)} masks for {len(images)} images")
         results = []
         for i, img in enumerate(images):
             pixels = to_uint8_chw(img, name=f"images[{i}]")
+            if region_masks is not None:  # per image: int [H, W] region ids (0 = not in any region), e.g. SAM's
+                mask = torch.as_tensor(np.asarray(region_masks[i]))
+                if tuple(mask.shape) != tuple(pixels.shape[-2:]):
+                    raise ValueError(f"region_masks[{i}] is {tuple(mask.shape)}, images[{i}] is "
+                                     f"{tuple(pixels.shape[-2:])}")  # fmt: skip
+                self._region_mask = mask.long()
+            else:
+                self._region_mask = None
             cos = self.scores(pixels, weights)  # [S, H, W]
             probs = class_probs(cos, owner, len(all_texts), self.logit_scale)
             if use_bg and not bg_names:  # background only by threshold: a row for it that never wins
