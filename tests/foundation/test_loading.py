@@ -222,6 +222,18 @@ def test_missing_tensor_is_refused(kind, backend, victim, tiny_root, tmp_path):
     vfm.load_encoder(src, device="cpu")  # the intact checkpoint still loads (nothing spurious is reported missing)
 
 
+@pytest.mark.parametrize("kind", ["owlv2", "grounding-dino"])
+def test_detector_missing_tensor_is_refused(kind, tiny_root, tmp_path):
+    from visionfm.foundation.detectors import OpenVocabDetector
+
+    src = tiny_checkpoint(kind, root=tiny_root)
+    victim = sorted(k for k in load_file(str(src / "model.safetensors")) if k.endswith(".weight"))[-1]
+    d = _damaged_copy(src, tmp_path / "ckpt", lambda sd: sd.pop(victim))
+    with pytest.raises(CheckpointError, match=rf"ckpt.*model\.safetensors.*missing 1 tensor.*{re.escape(victim)}"):
+        OpenVocabDetector.load(d, device="cpu")
+    OpenVocabDetector.load(src, device="cpu")  # the intact checkpoint loads
+
+
 def test_wrong_shape_tensor_is_named(dino_dir, tmp_path):
     key = "encoder.layer.0.norm1.weight"
     d = _damaged_copy(dino_dir, tmp_path / "ckpt", lambda sd: sd.__setitem__(key, torch.zeros(7)))

@@ -44,6 +44,7 @@ from .loading import (
     check_no_pickle_only,
     find_weights,
     hf_model_type,
+    load_hf_model,
     read_json,
     resolve_device,
     resolve_dtype,
@@ -263,8 +264,9 @@ class OpenVocabDetector:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{name!r}: {e}") from None
         check_no_pickle_only(path, allow_pickle=allow_pickle)
-        use_safetensors = True if weights.name in _SAFETENSORS else None  # None: a .bin the caller allowed
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(path, use_safetensors=use_safetensors)
+        # load_hf_model refuses a file that lacks tensors the model needs or holds mis-shaped ones (naming them),
+        # instead of leaving those layers randomly initialised
+        model = load_hf_model(AutoModelForZeroShotObjectDetection, path, allow_pickle=weights.name not in _SAFETENSORS)
         processor = AutoProcessor.from_pretrained(path)
         model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
         det = cls(model, processor)
