@@ -1,0 +1,1 @@
+"""Stand-in for mmengine: only mmengine.structures.PixelData."""

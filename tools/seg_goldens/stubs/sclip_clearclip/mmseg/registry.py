@@ -1,0 +1,17 @@
+class _Registry:
+    def __init__(self, name):
+        self.name = name
+        self.module_dict = {}
+
+    def register_module(self, name=None, force=False, module=None):
+        def deco(cls):
+            self.module_dict[name or cls.__name__] = cls
+            return cls
+
+        return deco
+
+    def get(self, key):
+        return self.module_dict[key]
+
+
+MODELS = _Registry("model")
