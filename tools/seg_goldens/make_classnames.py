@@ -17,7 +17,7 @@ from pathlib import Path
 from ref_paths import REF_DIR, REFS, REPO_ROOT
 
 #: how each repository splits a line into synonyms (its get_cls_idx)
-SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; "}
+SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; ", "trident": "; ", "corrclip": "; "}
 #: visionfm's benchmark name -> the references' file stem
 FILES = {"voc21": "voc21", "voc20": "voc20", "context60": "context60", "context59": "context59",
          "coco_object": "coco_object", "coco_stuff": "coco_stuff", "cityscapes": "city_scapes", "ade20k": "ade20k"}  # fmt: skip
@@ -33,7 +33,7 @@ def main() -> None:
     for method, sep in SEPARATORS.items():
         use[method] = {}
         for bench, stem in FILES.items():
-            text = (REF_DIR / method / "src" / "configs" / f"cls_{stem}.txt").read_text()
+            text = (REF_DIR / method / "src" / "configs" / f"cls_{stem}.txt").read_text().replace("\r", "")
             entry = [[t.strip() for t in line.split(sep)] for line in text.split("\n") if line != ""]
             key = hashlib.sha256(json.dumps(entry).encode()).hexdigest()
             seen.setdefault(key, f"{method}/{bench}")

@@ -12,6 +12,8 @@ The reference repositories and commits (each preset's ``reference``):
 - ClearCLIP: github.com/mc-lan/ClearCLIP @ ad68a404d55d48d27330b93554eb64a234ff717f
 - NACLIP: github.com/sinahmr/NACLIP @ 0cac3a651f753b11315ea799cfbfabf79da1bd76
 - ProxyCLIP: github.com/mc-lan/ProxyCLIP @ e7b767fbc58ea218a3b8ba34cd92db521cc5f2e1
+- CorrCLIP: github.com/zdk258/CorrCLIP @ 6c1fd2c02ff90f071ed744a5998be0cda7ad75b4 (region masks are the caller's:
+  ``seg(image, region_masks=[...])``; the paper's are SAM2's, pre-generated)
 
 What the presets cannot reproduce here: the references run in fp16 on CUDA (their ``clip.load`` rounds the weights
 to fp16); visionfm runs in the encoder's dtype (``dtype="float16"`` gets close). See ``docs/zero_shot_seg.md``.
@@ -35,6 +37,7 @@ REFERENCES = {
     "clearclip": "github.com/mc-lan/ClearCLIP@ad68a404d55d48d27330b93554eb64a234ff717f",
     "naclip": "github.com/sinahmr/NACLIP@0cac3a651f753b11315ea799cfbfabf79da1bd76",
     "proxyclip": "github.com/mc-lan/ProxyCLIP@e7b767fbc58ea218a3b8ba34cd92db521cc5f2e1",
+    "corrclip": "github.com/zdk258/CorrCLIP@6c1fd2c02ff90f071ed744a5998be0cda7ad75b4",
 }
 
 _CONFIG_NAMES = {"cityscapes": "city_scapes", "coco_stuff": "coco_stuff164k"}
@@ -113,6 +116,14 @@ def _method_options(method: str, benchmark: str) -> dict[str, Any]:
             "short_side": 448 if benchmark in ("cityscapes", "ade20k") else 336, "pad_multiple": 56,
             "prob_thresh": thresholds.get(benchmark, 0.0),
         }  # fmt: skip
+    if method == "corrclip":  # corrclip_segmentor.py defaults + configs/cfg_*.py (CLIP: MetaCLIP ViT-B/16 fullcc)
+        thresholds = {"voc21": 0.2, "context60": 0.15, "coco_object": 0.25}
+        return {
+            **common, "mode": "corrclip", "method_options": {"dino": "dino-vitb8"}, "logit_scale": 40.0,
+            "window": 224 if benchmark == "cityscapes" else 336, "stride": 112,
+            "short_side": 448 if benchmark in ("cityscapes", "ade20k") else 336, "pad_multiple": 56,
+            "prob_thresh": thresholds.get(benchmark, 0.0),
+        }  # fmt: skip
     raise ValueError(f"no presets for method {method!r} yet")
 
 
@@ -120,6 +131,8 @@ _PUBLISHED = {  # mIoU (%) with OpenAI ViT-B/16, from each repository's README a
     "sclip": {"voc21": 59.63, "context60": 31.74, "coco_object": 33.52, "voc20": 81.54, "cityscapes": 32.34,
               "context59": 34.46, "ade20k": 16.45, "coco_stuff": 22.77},
     "clearclip": {"voc20": 80.9, "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7},
+    "corrclip": {"voc21": 74.8, "context60": 44.2, "coco_object": 43.7, "voc20": 88.8, "cityscapes": 49.4,
+                 "context59": 48.8, "ade20k": 26.9, "coco_stuff": 31.6},  # MetaCLIP B/16 + SAM2 (32 points) masks
     "naclip": {"voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03, "cityscapes": 38.27,
                "context59": 38.35, "ade20k": 19.05, "coco_stuff": 25.69},  # with PAMR (the repo's default)
 }  # fmt: skip
