@@ -17,7 +17,7 @@ from visionfm.pipelines.seg_presets import (
 )
 from visionfm.testing import tiny_checkpoint
 
-METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip")
+METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip", "trident")
 
 # The configs as the reference repositories ship them (configs/cfg_<benchmark>.py over the segmentor's defaults), read
 # at the commits in REFERENCES: (logit_scale, prob_thresh, area_thresh, short_side, window, stride, inference, pamr).
@@ -72,7 +72,19 @@ EXPECTED = {
         "ade20k": (40, 0.0, None, 448, 336, 112, "slide", False),
         "coco_stuff": (40, 0.0, None, 336, 336, 112, "slide", False),
     },
+    "trident": {  # the pipeline's window / stride are unused by Trident (its own crop 336 / stride 224 options)
+        "voc21": (40, 0.2, None, 448, 224, 112, "slide", False),
+        "context60": (40, 0.15, None, 576, 224, 112, "slide", False),
+        "coco_object": (40, 0.25, None, 448, 224, 112, "slide", False),
+        "voc20": (40, 0.0, None, 336, 224, 112, "slide", False),
+        "cityscapes": (40, 0.0, None, 688, 224, 112, "slide", False),
+        "context59": (40, 0.0, None, 576, 224, 112, "slide", False),
+        "ade20k": (40, 0.0, None, 576, 224, 112, "slide", False),
+        "coco_stuff": (40, 0.0, None, 448, 224, 112, "slide", False),
+    },
 }
+TRIDENT_COARSE = {"voc21": 0.2, "voc20": 0.2, "context60": 0.15, "context59": 0.15, "coco_object": 0.25,
+                  "coco_stuff": 0.05, "cityscapes": 0.10, "ade20k": 0.05}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +99,7 @@ def dino(tiny_root):
 
 def test_there_is_a_preset_for_every_method_and_benchmark():
     names = preset_names()
-    assert len(names) == len(METHODS) * len(BENCHMARKS) == 40
+    assert len(names) == len(METHODS) * len(BENCHMARKS) == 48
     assert {f"{m}-{b}" for m in METHODS for b in BENCHMARKS} == set(names)
 
 
@@ -98,13 +110,17 @@ def test_preset_settings_are_the_reference_configs(clip, dino, method, benchmark
     extra = {"proxy": dino} if method == "proxyclip" else {}
     if method == "corrclip":
         extra = {"method_options": {"dino": dino}}
+    if method == "trident":  # the preset's own options, with a tiny DINO for the hub name
+        extra = {"method_options": {**p.options["method_options"], "dino": dino}}
+        assert p.options["method_options"]["coarse_thresh"] == TRIDENT_COARSE[benchmark]
+        assert p.options["method_options"]["sam"] == "sam-vit-base"
     seg = vfm.pipeline("zero-shot-seg", model=clip, preset=p.name, **extra)
     scale, prob, area, short, window, stride, inference, pamr = EXPECTED[method][benchmark]
     got = (seg.logit_scale, seg.prob_thresh, seg.area_thresh, seg.short_side, seg.window, seg.stride, seg.inference,
            seg.use_pamr)  # fmt: skip
     assert got == (scale, prob, area, short, window, stride, inference, pamr)
     assert seg.mode == {"sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip", "proxyclip": "proxy",
-                        "corrclip": "corrclip"}[method]  # fmt: skip
+                        "corrclip": "corrclip", "trident": "trident"}[method]  # fmt: skip
     assert seg.resize == "cv2" and seg.pos_interp == "dino" and seg.max_long_side == 2048
     assert seg.pad_multiple == {"clearclip": 16, "proxyclip": 56, "corrclip": 56}.get(method)
     assert seg.templates == "imagenet80"

@@ -12,6 +12,8 @@ The reference repositories and commits (each preset's ``reference``):
 - ClearCLIP: github.com/mc-lan/ClearCLIP @ ad68a404d55d48d27330b93554eb64a234ff717f
 - NACLIP: github.com/sinahmr/NACLIP @ 0cac3a651f753b11315ea799cfbfabf79da1bd76
 - ProxyCLIP: github.com/mc-lan/ProxyCLIP @ e7b767fbc58ea218a3b8ba34cd92db521cc5f2e1
+- Trident: github.com/YuHengsss/Trident @ a93b346d1b1dc55bc6f547da5b7d361ad449ae44 (Cityscapes is not exact: Trident
+  runs SAM on the image's two halves there, visionfm on the whole image)
 - CorrCLIP: github.com/zdk258/CorrCLIP @ 6c1fd2c02ff90f071ed744a5998be0cda7ad75b4 (region masks are the caller's:
   ``seg(image, region_masks=[...])``; the paper's are SAM2's, pre-generated)
 
@@ -38,6 +40,7 @@ REFERENCES = {
     "naclip": "github.com/sinahmr/NACLIP@0cac3a651f753b11315ea799cfbfabf79da1bd76",
     "proxyclip": "github.com/mc-lan/ProxyCLIP@e7b767fbc58ea218a3b8ba34cd92db521cc5f2e1",
     "corrclip": "github.com/zdk258/CorrCLIP@6c1fd2c02ff90f071ed744a5998be0cda7ad75b4",
+    "trident": "github.com/YuHengsss/Trident@a93b346d1b1dc55bc6f547da5b7d361ad449ae44",
 }
 
 _CONFIG_NAMES = {"cityscapes": "city_scapes", "coco_stuff": "coco_stuff164k"}
@@ -124,6 +127,22 @@ def _method_options(method: str, benchmark: str) -> dict[str, Any]:
             "short_side": 448 if benchmark in ("cityscapes", "ade20k") else 336, "pad_multiple": 56,
             "prob_thresh": thresholds.get(benchmark, 0.0),
         }  # fmt: skip
+    if method == "trident":  # configs/base_config.py + cfg_*.py, --sam_refine as in every evaluation script
+        short = {"voc20": 336, "context60": 576, "context59": 576, "cityscapes": 688, "ade20k": 576}.get(benchmark, 448)
+        thresholds = {"voc21": 0.2, "context60": 0.15, "coco_object": 0.25}
+        coarse = {"voc21": 0.2, "voc20": 0.2, "context60": 0.15, "context59": 0.15, "coco_object": 0.25,
+                  "coco_stuff": 0.05, "cityscapes": 0.10, "ade20k": 0.05}  # fmt: skip
+        options: dict[str, Any] = {"dino": "dino-vitb16", "sam": "sam-vit-base", "coarse_thresh": coarse[benchmark]}
+        if benchmark == "voc20":
+            options.update(stride=112, cos_fac=0.0)
+        if benchmark == "cityscapes":
+            options.update(cos_fac=3.0, refine_neg_cos=False)
+        if benchmark == "ade20k":
+            options.update(refine_neg_cos=False)
+        return {
+            **common, "mode": "trident", "method_options": options, "logit_scale": 40.0, "short_side": short,
+            "prob_thresh": thresholds.get(benchmark, 0.0),
+        }  # fmt: skip
     raise ValueError(f"no presets for method {method!r} yet")
 
 
@@ -133,6 +152,8 @@ _PUBLISHED = {  # mIoU (%) with OpenAI ViT-B/16, from each repository's README a
     "clearclip": {"voc20": 80.9, "context59": 35.9, "coco_stuff": 23.9, "cityscapes": 30.0, "ade20k": 16.7},
     "corrclip": {"voc21": 74.8, "context60": 44.2, "coco_object": 43.7, "voc20": 88.8, "cityscapes": 49.4,
                  "context59": 48.8, "ade20k": 26.9, "coco_stuff": 31.6},  # MetaCLIP B/16 + SAM2 (32 points) masks
+    "trident": {"voc21": 70.8, "voc20": 88.7, "context59": 44.3, "coco_stuff": 28.6, "cityscapes": 47.6,
+                "ade20k": 26.7},  # the paper (CLIP B/16, DINO B/16, SAM B); its Context60 / COCO-Object split is unread
     "naclip": {"voc21": 64.07, "context60": 34.99, "coco_object": 36.19, "voc20": 83.03, "cityscapes": 38.27,
                "context59": 38.35, "ade20k": 19.05, "coco_stuff": 25.69},  # with PAMR (the repo's default)
 }  # fmt: skip
