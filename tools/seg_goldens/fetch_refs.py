@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Check out every reference repository at its exact commit into REF_DIR/<name>/src (ref_paths.py: REFS, REF_DIR).
 
-    python tools/seg_goldens/fetch_refs.py            # all of them: sclip clearclip naclip proxyclip dino dinov2
+    python tools/seg_goldens/fetch_refs.py            # all of them (ref_paths.REFS): sclip clearclip naclip
+                                                      # proxyclip dino dinov2 corrclip trident
     python tools/seg_goldens/fetch_refs.py naclip     # some of them
 
 Needs git and access to github.com (a mirror works through git's url.<base>.insteadOf). A checkout already at the

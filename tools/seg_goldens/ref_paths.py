@@ -30,6 +30,7 @@ REFS = {
     "dino": ("facebookresearch/dino", "7c446df5b9f45747937fb0d72314eb9f7b66930a"),
     "dinov2": ("facebookresearch/dinov2", "b8931f7bf91576930313be2c6d6af376033b35f0"),
     "corrclip": ("zdk258/CorrCLIP", "6c1fd2c02ff90f071ed744a5998be0cda7ad75b4"),
+    # Trident's repository holds its own (modified) segment_anything: the SAM code make_trident.py uses
     "trident": ("YuHengsss/Trident", "a93b346d1b1dc55bc6f547da5b7d361ad449ae44"),
 }
 

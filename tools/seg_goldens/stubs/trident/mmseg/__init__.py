@@ -1,0 +1,1 @@
+"""Minimal stand-in for mmsegmentation, just enough for trident.py to import (see ../README.md)."""
