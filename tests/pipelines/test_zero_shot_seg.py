@@ -312,3 +312,18 @@ def test_out_of_range_settings_are_refused_at_construction(clip, options, name):
 def test_out_of_range_thresholds_are_refused_at_call_time(small_seg, photos, options, name):
     with pytest.raises(ValueError, match=rf"^{name} must be"):
         small_seg(photos[0], labels=LABELS, **options)
+
+
+def test_method_options_and_region_masks_are_checked(clip, photos):
+    with pytest.raises(ValueError, match="method_options are for the methods"):
+        vfm.pipeline("zero-shot-seg", model=clip, mode="sclip", method_options={"dino": "x"})
+    with pytest.raises(ValueError, match="unknown method_options \\['nope'\\] for mode='corrclip'"):
+        vfm.pipeline("zero-shot-seg", model=clip, mode="corrclip", method_options={"nope": 1})
+    seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single")
+    with pytest.raises(ValueError, match="region_masks are read by the methods"):
+        seg(photos[0], labels=LABELS, region_masks=[np.zeros(photos[0].shape[:2], int)])
+    corr = vfm.pipeline("zero-shot-seg", model=clip, mode="corrclip", templates="single")
+    with pytest.raises(ValueError, match="2 masks for 1 images"):
+        corr(photos[0], labels=LABELS, region_masks=[np.zeros(photos[0].shape[:2], int)] * 2)
+    with pytest.raises(ValueError, match=r"region_masks\[0\] is \(3, 3\), images\[0\] is"):
+        corr(photos[0], labels=LABELS, region_masks=[np.zeros((3, 3), int)])
