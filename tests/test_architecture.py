@@ -109,11 +109,19 @@ def test_production_modules_hold_no_tiny_writer():
 
 def test_every_family_declares_its_format_and_kind():
     fams = visionfm.foundation.registry.families()
-    assert {"clip", "dino", "dinov2", "sam", "dit", "pixart", "student", "detector"} <= set(fams)
+    assert {"aimv2", "clip", "dino", "dinov2", "dinov3", "sam", "dit", "pixart", "student", "detector"} <= set(fams)
     for f in fams.values():
         assert f.formats, f.name
         assert f.kind in ("encoder", "detector"), f.name
-    assert {n for n, f in fams.items() if f.peft_layout is not None} == {"clip", "dino", "dinov2", "sam", "dit"}
+    assert {n for n, f in fams.items() if f.peft_layout is not None} == {
+        "aimv2",
+        "clip",
+        "dino",
+        "dinov2",
+        "dinov3",
+        "sam",
+        "dit",
+    }
     assert {n for n, f in fams.items() if f.dense_tower is not None} == {"clip"}
 
 

@@ -57,6 +57,8 @@ class PreprocessConfig:
         std: per-channel std in [0, 1] units, RGB.
         resize_backend: ``"torch"`` (batched antialiased tensor resize, transformers' default) or
             ``"pil"`` (PIL per image, open_clip's transform).
+        rescale_before_resize: rescale to float before resizing and resize the float pixels (DINOv3's
+            ``DINOv3ViTImageProcessor`` order); default: resize the uint8 pixels, then rescale (the other processors).
     """
 
     resize: Literal["shortest_edge", "longest_edge", "exact", "none"] = "shortest_edge"
@@ -69,6 +71,7 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     resize_backend: Literal["torch", "pil"] = "torch"
+    rescale_before_resize: bool = False
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERP:
@@ -79,6 +82,8 @@ class PreprocessConfig:
             raise ValueError("resize='exact' needs crop_size=(H, W) as its target")
         if self.resize_backend not in ("torch", "pil"):
             raise ValueError(f"resize_backend must be 'torch' or 'pil', got {self.resize_backend!r}")
+        if self.rescale_before_resize and self.resize_backend != "torch":
+            raise ValueError("rescale_before_resize needs resize_backend='torch' (PIL resizes uint8 images)")
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -137,6 +142,8 @@ class PreprocessConfig:
             mean=mean,  # type: ignore[arg-type]
             std=std,  # type: ignore[arg-type]
             resize_backend="torch",
+            rescale_before_resize=str(cfg.get("image_processor_type", "")).removesuffix("Fast")
+            == "DINOv3ViTImageProcessor",
         )
 
     @classmethod
@@ -265,7 +272,8 @@ def _resize_hw(h: int, w: int, cfg: PreprocessConfig) -> tuple[int, int]:
 
 
 def _resize_group(batch: torch.Tensor, size: tuple[int, int], cfg: PreprocessConfig) -> torch.Tensor:
-    """Resize a uint8 ``[N, 3, h, w]`` batch to ``size``; returns uint8 ``[N, 3, H, W]``."""
+    """Resize a uint8 ``[N, 3, h, w]`` batch to ``size``; returns uint8 ``[N, 3, H, W]`` (float in, float out with
+    ``rescale_before_resize``)."""
     if tuple(batch.shape[-2:]) == tuple(size):
         return batch
     t_interp, p_interp = _INTERP[cfg.interpolation]
@@ -321,7 +329,10 @@ def preprocess_uint8(
     sizes: list[tuple[int, int]] = [(0, 0)] * len(images)
     for (h, w), idx in _group_by_shape(images).items():
         new = _resize_hw(h, w, cfg)
-        out = _resize_group(torch.stack([images[i] for i in idx]), new, cfg)
+        group = torch.stack([images[i] for i in idx])
+        if cfg.rescale_before_resize:  # DINOv3's processor: rescale to float, then resize the floats
+            group = group.float() * cfg.rescale
+        out = _resize_group(group, new, cfg)
         for k, i in enumerate(idx):
             resized[i] = out[k]
             sizes[i] = (int(new[0]), int(new[1]))
@@ -338,7 +349,7 @@ def preprocess_uint8(
                 h, w = batch.shape[-2:]
             top, left = _crop_offsets(h, w, ch, cw, cfg.crop_rounding)
             batch = batch[..., top : top + ch, left : left + cw]
-        x = (batch.float() * cfg.rescale - mean) / std
+        x = ((batch if cfg.rescale_before_resize else batch.float() * cfg.rescale) - mean) / std
         if cfg.pad_size is not None:
             ph, pw = cfg.pad_size
             if x.shape[-2] > ph or x.shape[-1] > pw:

@@ -390,7 +390,7 @@ class ZeroShotSegPipeline(Pipeline):
         if proxy is None:
             return None
         enc = self._load(proxy)
-        if enc.info.family not in ("dino", "dinov2", "sam"):
+        if enc.info.family not in ("dino", "dinov2", "dinov3", "sam"):
             logger.warning("proxy encoder of family %r: ProxyCLIP uses DINO, DINOv2 or SAM", enc.info.family)
         return enc
 
