@@ -149,4 +149,95 @@ def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
 
 
-__all__ = ["TINY_OPEN_CLIP_CFG", "write_tiny_clip", "write_tiny_clip_resnet", "write_tiny_siglip"]
+_SIGLIP2_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'-"
+
+
+def _write_tiny_gemma_tokenizer(path: Path) -> int:
+    """A tiny Gemma tokenizer (BPE with byte fallback, ``tokenizer.json``) trained on :data:`_SPM_CORPUS`.
+
+    Special ids as Gemma's (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4), then the 256 byte tokens,
+    the characters of :data:`_SIGLIP2_CHARS` (both cases, so lower-casing changes the ids) and the learned merges.
+    Settings as SigLIP 2's (no BOS, EOS appended, right padding, 64 tokens). Returns the vocabulary size.
+    """
+    from tokenizers import Tokenizer, models, normalizers, trainers
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(specials) + len(bytes_) + len(_SIGLIP2_CHARS) + 1 + 60,
+        special_tokens=specials + bytes_,
+        initial_alphabet=list(_SIGLIP2_CHARS) + ["▁"],
+        show_progress=False,
+    )
+    bpe.train_from_iterator([s.lower() for s in _SPM_CORPUS] * 5, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in state["merges"]]
+    tok = GemmaTokenizer(
+        vocab=state["vocab"],
+        merges=merges,
+        add_bos_token=False,
+        add_eos_token=True,
+        model_max_length=64,
+        padding_side="right",
+    )
+    tok.save_pretrained(path)
+    return len(state["vocab"])
+
+
+def _tiny_siglip2_sizes(vocab: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+    return text, vision
+
+
+@tiny_writer("siglip2", default_backend="transformers")
+def write_tiny_siglip2(path: Path, backend: str = "transformers") -> None:
+    """Tiny random fixed-resolution SigLIP 2, in the format of ``google/siglip2-base-patch16-224`` and its siblings:
+    a ``SiglipModel`` (``model_type: siglip``; fixed-resolution SigLIP 2 is SigLIP 1's architecture), a
+    ``SiglipImageProcessor`` (bilinear, 32 px here) and a tiny Gemma tokenizer (``tokenizer.json``)."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    if backend != "transformers":
+        raise ValueError("tiny SigLIP 2 is written in transformers format only")
+    text, vision = _tiny_siglip2_sizes(_write_tiny_gemma_tokenizer(path))
+    SiglipModel(SiglipConfig(text_config=text, vision_config=dict(vision, image_size=32))).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2).save_pretrained(path)
+
+
+@tiny_writer("siglip2-naflex", default_backend="transformers")
+def write_tiny_siglip2_naflex(path: Path, backend: str = "transformers") -> None:
+    """Tiny random NaFlex SigLIP 2, in the format of ``google/siglip2-base-patch16-naflex``: a ``Siglip2Model``
+    (``model_type: siglip2``, patch 16 and a 4x4 position table), a ``Siglip2ImageProcessor`` (patch 16, at most 256
+    patches: ``Siglip2Processor`` applies these defaults over the saved image-processor settings, so the tiny model
+    keeps them) and a tiny Gemma tokenizer (transformers loads it as the lower-casing ``Siglip2Tokenizer``)."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    if backend != "transformers":
+        raise ValueError("tiny SigLIP 2 is written in transformers format only")
+    text, vision = _tiny_siglip2_sizes(_write_tiny_gemma_tokenizer(path))
+    vision = dict(vision, patch_size=16, num_patches=16)
+    Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).save_pretrained(path)
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=256).save_pretrained(path)
+
+
+__all__ = [
+    "TINY_OPEN_CLIP_CFG",
+    "write_tiny_clip",
+    "write_tiny_clip_resnet",
+    "write_tiny_siglip",
+    "write_tiny_siglip2",
+    "write_tiny_siglip2_naflex",
+]

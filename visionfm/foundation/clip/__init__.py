@@ -1,4 +1,4 @@
-"""The CLIP family (CLIP and SigLIP, open_clip and transformers backends), in one package:
+"""The CLIP family (CLIP, SigLIP and SigLIP 2, open_clip and transformers backends), in one package:
 
 - :mod:`~visionfm.foundation.clip.encoders`: the encoders, on-disk detection and building;
 - :mod:`~visionfm.foundation.clip.convert`: open_clip <-> transformers checkpoint conversion (``visionfm convert``);
@@ -21,6 +21,7 @@ from .encoders import (
     OPENAI_MEAN,
     OPENAI_STD,
     HFClipEncoder,
+    HFSiglip2Encoder,
     OpenClipEncoder,
     _build,
     _detect,
@@ -31,6 +32,7 @@ __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
     "HFClipEncoder",
+    "HFSiglip2Encoder",
     "OpenClipEncoder",
     "convert_checkpoint",
     "hf_state_to_open_clip",
@@ -44,9 +46,9 @@ register_family(
         backends=("open_clip", "transformers"),
         detect=_detect,
         build=_build,
-        description="CLIP and SigLIP image-text encoders (open_clip or transformers weights)",
+        description="CLIP, SigLIP and SigLIP 2 image-text encoders (open_clip or transformers weights)",
         formats="open_clip (open_clip_config.json + open_clip_model.safetensors) or transformers (config.json with "
-        "model_type clip/siglip)",
+        "model_type clip/siglip/siglip2)",
         peft_layout=peft_layout,
         dense_tower=dense_tower,
     )
@@ -64,6 +66,24 @@ for _name, _src, _desc in [
     ("siglip-base-384", "google/siglip-base-patch16-384", "SigLIP ViT-B/16, 384px"),
     ("siglip-large", "google/siglip-large-patch16-384", "SigLIP ViT-L/16, 384px"),
     ("siglip-so400m", "google/siglip-so400m-patch14-384", "SigLIP So400m/14, 384px"),
+    # SigLIP 2: fixed-resolution checkpoints are SiglipModels (Gemma tokenizer); -naflex ones are Siglip2Models
+    ("siglip2-base", "google/siglip2-base-patch16-224", "SigLIP 2 ViT-B/16, 224px"),
+    ("siglip2-base-256", "google/siglip2-base-patch16-256", "SigLIP 2 ViT-B/16, 256px"),
+    ("siglip2-base-384", "google/siglip2-base-patch16-384", "SigLIP 2 ViT-B/16, 384px"),
+    ("siglip2-base-512", "google/siglip2-base-patch16-512", "SigLIP 2 ViT-B/16, 512px"),
+    ("siglip2-base-p32-256", "google/siglip2-base-patch32-256", "SigLIP 2 ViT-B/32, 256px"),
+    ("siglip2-base-naflex", "google/siglip2-base-patch16-naflex", "SigLIP 2 ViT-B/16 NaFlex (native aspect ratio)"),
+    ("siglip2-large", "google/siglip2-large-patch16-256", "SigLIP 2 ViT-L/16, 256px"),
+    ("siglip2-large-384", "google/siglip2-large-patch16-384", "SigLIP 2 ViT-L/16, 384px"),
+    ("siglip2-large-512", "google/siglip2-large-patch16-512", "SigLIP 2 ViT-L/16, 512px"),
+    ("siglip2-so400m-p14-224", "google/siglip2-so400m-patch14-224", "SigLIP 2 So400m/14, 224px"),
+    ("siglip2-so400m-p14-384", "google/siglip2-so400m-patch14-384", "SigLIP 2 So400m/14, 384px"),
+    ("siglip2-so400m", "google/siglip2-so400m-patch16-256", "SigLIP 2 So400m/16, 256px"),
+    ("siglip2-so400m-384", "google/siglip2-so400m-patch16-384", "SigLIP 2 So400m/16, 384px"),
+    ("siglip2-so400m-512", "google/siglip2-so400m-patch16-512", "SigLIP 2 So400m/16, 512px"),
+    ("siglip2-so400m-naflex", "google/siglip2-so400m-patch16-naflex", "SigLIP 2 So400m/16 NaFlex"),
+    ("siglip2-giant", "google/siglip2-giant-opt-patch16-256", "SigLIP 2 g-opt/16, 256px"),
+    ("siglip2-giant-384", "google/siglip2-giant-opt-patch16-384", "SigLIP 2 g-opt/16, 384px"),
 ]:
     _backend = "open_clip" if _src.startswith("ViT-") else "transformers"
     register_model(ModelSpec(name=_name, family="clip", source=_src, backend=_backend, description=_desc))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense import DenseTower, patch_grid, resize_pos_embed
-from .encoders import HFClipEncoder, OpenClipEncoder
+from .encoders import HFClipEncoder, HFSiglip2Encoder, OpenClipEncoder
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +93,15 @@ def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
     vm = encoder.model.vision_model
-    siglip = encoder.kind == "siglip"
+    siglip = encoder.kind in ("siglip", "siglip2")
     if siglip and not getattr(vm, "use_head", False):
         raise NotImplementedError("dense_features needs SigLIP's attention-pooling head (vision_use_head=True)")
     grid = patch_grid(pixel_values, encoder.info.patch_size)
-    if pos_interp == "size":  # transformers' own position interpolation (bicubic, size=); native: the plain table
+    if isinstance(encoder, HFSiglip2Encoder):  # NaFlex: the model always resizes its table to the grid itself
+        packed = encoder.patchify(pixel_values)
+        shapes = torch.tensor([grid] * packed.shape[0], dtype=torch.long, device=packed.device)
+        x = vm.embeddings(packed, shapes)
+    elif pos_interp == "size":  # transformers' own position interpolation (bicubic, size=); native: the plain table
         x = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
     else:
         x = _hf_embeddings(vm.embeddings, pixel_values, 0 if siglip else 1, grid, pos_interp)
@@ -147,10 +151,12 @@ def _hf_embeddings(emb: torch.nn.Module, pixel_values: torch.Tensor, prefix: int
 def dense_tower(
     encoder: OpenClipEncoder | HFClipEncoder, pixel_values: torch.Tensor, *, pos_interp: str = "size"
 ) -> DenseTower:
-    """The CLIP family's ``dense_tower``: the open_clip ViT or ModifiedResNet tower, or transformers CLIP/SigLIP.
+    """The CLIP family's ``dense_tower``: the open_clip ViT or ModifiedResNet tower, or transformers CLIP/SigLIP/SigLIP 2.
 
     ``pos_interp`` is how the position table is resized to a non-native grid (see
-    :func:`visionfm.foundation.dense.resize_pos_embed`)."""
+    :func:`visionfm.foundation.dense.resize_pos_embed`). SigLIP 2 NaFlex (``Siglip2Model``) ignores it: the model
+    resizes its position table to every input grid itself (bilinear, antialiased), and the input is run as one grid
+    with no padding."""
     if isinstance(encoder, OpenClipEncoder):
         if encoder.is_resnet:
             return _open_clip_resnet_tower(encoder, pixel_values, pos_interp)

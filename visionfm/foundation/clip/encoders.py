@@ -8,6 +8,10 @@ Both backends return the same things for the same weights:
   token, so it is applied here to the whole sequence).
 - ``cls``: the class token after the last layer norm (CLIP); SigLIP has no class token.
 
+SigLIP 2 comes in two on-disk forms. Fixed-resolution checkpoints (``google/siglip2-base-patch16-224`` ...) are
+transformers ``SiglipModel`` s (``model_type: siglip``) with a Gemma tokenizer and run as SigLIP here, with the text
+lower-cased as SigLIP 2 was trained. NaFlex checkpoints (``model_type: siglip2``) run on :class:`HFSiglip2Encoder`.
+
 :func:`~visionfm.foundation.clip.convert.convert_checkpoint` moves a CLIP checkpoint between the open_clip and
 transformers on-disk formats, so the same weights run on either backend.
 """
@@ -39,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_HF_CLIP_TYPES = ("clip", "siglip")
+_HF_CLIP_TYPES = ("clip", "siglip", "siglip2")
 
 
 def _as_tensor(out: Any) -> torch.Tensor:
@@ -285,6 +289,7 @@ class HFClipEncoder(_ClipBase):
         self.kind = cfg.model_type
         vcfg = cfg.vision_config
         embed_dim = cfg.projection_dim if self.kind == "clip" else vcfg.hidden_size
+        self.siglip_version = 2 if self.kind == "siglip2" or type(tokenizer).__name__.startswith("Gemma") else 1
         info = EncoderInfo(
             family="clip",
             backend="transformers",
@@ -304,6 +309,9 @@ class HFClipEncoder(_ClipBase):
         bias = getattr(model, "logit_bias", None)
         self.logit_bias = float(bias.detach()) if bias is not None else None
         self.text_max_length = int(cfg.text_config.max_position_embeddings)
+        #: SigLIP 2 was trained on lower-cased text (transformers' ``Siglip2Tokenizer`` lower-cases NaFlex
+        #: checkpoints' texts; the fixed-resolution ones ship a plain Gemma tokenizer, so it is done here).
+        self.lowercase_text = self.kind != "clip" and self.siglip_version == 2
 
     @property
     def logit_scale(self) -> float:  # type: ignore[override]
@@ -335,9 +343,12 @@ class HFClipEncoder(_ClipBase):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Model text inputs, as the checkpoint's tokenizer declares them (``model_input_names``).
 
-        SigLIP is trained on texts padded to the maximum length, so it is always padded that way.
+        SigLIP (1 and 2) is trained on texts padded to the maximum length (64), so it is always padded that way;
+        SigLIP 2's texts are lower-cased (:attr:`lowercase_text`), as in its training and ``Siglip2Processor``.
         """
-        pad = dict(padding="max_length") if self.kind == "siglip" else dict(padding=True)
+        pad = dict(padding="max_length") if self.kind != "clip" else dict(padding=True)
+        if self.lowercase_text:
+            texts = [t.lower() for t in texts]
         enc = self.tokenizer(texts, max_length=self.text_max_length, truncation=True, return_tensors="pt", **pad)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
@@ -347,11 +358,155 @@ class HFClipEncoder(_ClipBase):
         return self.text_max_length
 
     def _is_overlong(self, texts: list[str]) -> list[bool]:
+        if self.lowercase_text:
+            texts = [t.lower() for t in texts]
         ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
         return [len(x) > self.text_max_length for x in ids]
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         return _as_tensor(self.model.get_text_features(**self.tokenize(texts)))
+
+
+class HFSiglip2Encoder(HFClipEncoder):
+    """A transformers ``Siglip2Model`` (SigLIP 2 NaFlex: native aspect ratio, a variable number of patches).
+
+    :meth:`encode` resizes each image, aspect kept, to the largest multiple of the patch size with at most
+    :attr:`max_num_patches` patches (``Siglip2ImageProcessor``'s rule), so each image has its own grid, and runs the
+    batch packed with ``pixel_attention_mask`` / ``spatial_shapes``, as ``Siglip2Model.get_image_features``.
+
+    Mixed grids in one batch: ``Features.patches`` (and each ``Features.layers`` tap) is padded with zeros to the
+    largest height and the largest width of the images in the call, each image's patches top-left
+    (``patches[b, :h_b, :w_b]``); ``Features.grid`` is that padded grid. :meth:`encode_with_shapes` also returns the
+    per-image ``(h_b, w_b)`` (``spatial_shapes``, ``[B, 2]``); :meth:`patch_mask` turns them into a ``[B, H, W]`` bool
+    mask. ``pooled`` is exact per image (the attention-pool head sees only the image's own patches).
+
+    :meth:`forward` takes an ordinary ``[B, 3, H, W]`` batch (``H`` and ``W`` multiples of the patch size) and runs
+    it as one grid, which is what pipelines that use :meth:`preprocess` (a square of :attr:`max_num_patches` patches,
+    stretched) get.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, preprocess_config: PreprocessConfig, name: str,
+                 max_num_patches: int) -> None:  # fmt: skip
+        super().__init__(model, tokenizer, preprocess_config, name)
+        self.max_num_patches = int(max_num_patches)
+
+    def _run(self, packed: torch.Tensor, mask: torch.Tensor, shapes: torch.Tensor, idx: list[int]) -> tuple:
+        vm = self.model.vision_model
+        with tap_blocks(vm.encoder.layers, idx) as taps:
+            out = vm(pixel_values=packed, pixel_attention_mask=mask, spatial_shapes=shapes, return_dict=True)
+        return out.pooler_output, out.last_hidden_state, taps
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, h*w, p*p*3]`` in ``Siglip2ImageProcessor``'s order (row, column; then y, x, c)."""
+        p = self._info.patch_size
+        b, c, hh, ww = pixel_values.shape
+        if hh % p or ww % p:
+            raise ValueError(f"SigLIP 2 NaFlex input sides must be multiples of the patch size {p}, got {(hh, ww)}")
+        x = pixel_values.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, (hh // p) * (ww // p), p * p * c)
+
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        idx = self._layer_indices(layers)
+        p = self._info.patch_size
+        grid = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)
+        packed = self.patchify(pixel_values)
+        b = packed.shape[0]
+        mask = torch.ones(b, packed.shape[1], dtype=torch.long, device=packed.device)
+        shapes = torch.tensor([grid] * b, dtype=torch.long, device=packed.device)
+        pooled, last, taps = self._run(packed, mask, shapes, idx)
+        return Features(
+            pooled=pooled,
+            patches=tokens_to_grid(last, grid),
+            grid=grid,
+            layers={i: tokens_to_grid(taps[i], grid) for i in idx},
+        )
+
+    def naflex_size(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(H, W)`` in pixels an image of ``height x width`` is resized to (``Siglip2ImageProcessor``'s rule)."""
+        from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+
+        return get_image_size_for_max_num_patches(height, width, self._info.patch_size, self.max_num_patches)
+
+    @staticmethod
+    def patch_mask(spatial_shapes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``[B, H, W]`` bool mask of the real patches in padded ``Features.patches`` of grid ``(H, W)``."""
+        rows = torch.arange(grid[0], device=spatial_shapes.device).view(1, -1, 1)
+        cols = torch.arange(grid[1], device=spatial_shapes.device).view(1, 1, -1)
+        return (rows < spatial_shapes[:, 0].view(-1, 1, 1)) & (cols < spatial_shapes[:, 1].view(-1, 1, 1))
+
+    def encode_with_shapes(self, images: Any, *, batch_size: int = 32, layers: Sequence[int] | None = None,
+                           output_device: torch.device | str | None = None) -> tuple[Features, torch.Tensor]:  # fmt: skip
+        """Like :meth:`encode`, also returning ``spatial_shapes``: ``[B, 2]`` long, each image's ``(h, w)`` grid."""
+        from ...data.images import as_image_list, load_images
+        from ..preprocess import preprocess_uint8
+
+        items = as_image_list(images)
+        if not items:
+            raise ValueError("encode() got no images")
+        idx = self._layer_indices(layers)
+        p, n_max = self._info.patch_size, self.max_num_patches
+        pooled, toks, taps, grids = [], [], {i: [] for i in idx}, []
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                tensors = load_images(items[start : start + batch_size])
+                packed, masks, shapes = [], [], []
+                for t in tensors:
+                    hh, ww = self.naflex_size(int(t.shape[-2]), int(t.shape[-1]))
+                    cfg = self.preprocess_config.with_overrides(resize="exact", crop_size=(hh, ww))
+                    x = preprocess_uint8([t], cfg, device=self.device)[0].to(self.dtype)
+                    seq = self.patchify(x)[0]
+                    n = seq.shape[0]
+                    packed.append(torch.nn.functional.pad(seq, (0, 0, 0, n_max - n)))
+                    masks.append(torch.arange(n_max, device=self.device) < n)
+                    shapes.append((hh // p, ww // p))
+                shapes_t = torch.tensor(shapes, dtype=torch.long, device=self.device)
+                out = self._run(torch.stack(packed), torch.stack(masks).long(), shapes_t, idx)
+                for b, g in enumerate(shapes):
+                    grids.append(g)
+                    pooled.append(out[0][b])
+                    toks.append(out[1][b, : g[0] * g[1]].reshape(g[0], g[1], -1))
+                    for i in idx:
+                        taps[i].append(out[2][i][b, : g[0] * g[1]].reshape(g[0], g[1], -1))
+        grid = (max(g[0] for g in grids), max(g[1] for g in grids))
+
+        def pad(maps: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(
+                [torch.nn.functional.pad(m, (0, 0, 0, grid[1] - m.shape[1], 0, grid[0] - m.shape[0])) for m in maps]
+            )
+
+        feats = Features(
+            pooled=torch.stack(pooled), patches=pad(toks), grid=grid, layers={i: pad(taps[i]) for i in idx}
+        )
+        shapes_all = torch.tensor(grids, dtype=torch.long)
+        if output_device is not None:
+            feats, shapes_all = feats.to(output_device), shapes_all.to(output_device)
+        return feats, shapes_all
+
+    def encode(self, images: Any, *, batch_size: int = 32, layers: Sequence[int] | None = None,
+               output_device: torch.device | str | None = None, **_: Any) -> Features:  # fmt: skip
+        """Encode images at their native aspect ratio (see the class docstring for the padded mixed-grid layout).
+
+        ``progress``, ``num_workers`` and ``decode_device`` of :meth:`Encoder.encode` are accepted and ignored."""
+        return self.encode_with_shapes(images, batch_size=batch_size, layers=layers, output_device=output_device)[0]
+
+
+def _siglip2_preprocess(path: Path, patch: int) -> tuple[PreprocessConfig, int]:
+    """(a square fallback ``PreprocessConfig`` carrying the NaFlex interpolation/normalisation, max_num_patches)."""
+    import math
+
+    from transformers import Siglip2ImageProcessor
+
+    cfg = dict(Siglip2ImageProcessor().to_dict())
+    if (path / "preprocessor_config.json").is_file():
+        cfg.update(read_json(path / "preprocessor_config.json"))
+    elif (path / "processor_config.json").is_file():
+        cfg.update(read_json(path / "processor_config.json").get("image_processor") or {})
+    n_max = int(cfg.get("max_num_patches", 256))
+    if int(cfg.get("patch_size", patch)) != patch:
+        raise CheckpointError(f"{path}: processor patch_size {cfg.get('patch_size')} != the model's {patch}")
+    side = math.isqrt(n_max) * patch
+    base = PreprocessConfig.from_hf({**cfg, "size": {"height": side, "width": side}, "do_center_crop": False})
+    return base, n_max
 
 
 def _build_hf(req: LoadRequest) -> HFClipEncoder:
@@ -360,6 +515,9 @@ def _build_hf(req: LoadRequest) -> HFClipEncoder:
     model = load_hf_model(AutoModel, req.path, allow_pickle=req.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(req.path)
     kind = model.config.model_type
+    if kind == "siglip2":
+        base, n_max = _siglip2_preprocess(req.path, int(model.config.vision_config.patch_size))
+        return HFSiglip2Encoder(model, tokenizer, base, req.name, n_max)
     pp = PreprocessConfig.from_hf_dir(req.path, "SiglipImageProcessor" if kind == "siglip" else "CLIPImageProcessor")
     if pp is None:
         size = int(model.config.vision_config.image_size)
