@@ -51,8 +51,53 @@ def write_tiny_clip_b16(path: Path, backend: str = "open_clip") -> None:
     write_tiny_clip(path, backend, model_cfg=TINY_B16_CFG)
 
 
+#: A SigLIP 2 / PE-Core-style timm ViT image tower (timm's ``test_vit3``: 160 px, patch 16, 9 blocks of width 96,
+#: one register token and no class token, attention-pool ``map`` head, no extra projection) and a tiny CLIP text tower.
+TINY_TIMM_VIT_CFG: dict[str, Any] = {
+    "embed_dim": 96,
+    "init_logit_bias": -10,
+    "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit3", "timm_model_pretrained": False,
+                   "timm_pool": "map", "timm_proj": "none"},
+    "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                 "no_causal_mask": True, "pool_type": "last", "proj_bias": True},
+}  # fmt: skip
+#: A MobileCLIP 2-style CNN timm tower (timm's ``test_convnext2``, stride 32, avg pool + linear projection), 64 px.
+TINY_TIMM_CNN_CFG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "timm_model_name": "test_convnext2", "timm_model_pretrained": False,
+                   "timm_pool": "avg", "timm_proj": "linear"},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}  # fmt: skip
+
+
+@tiny_writer("clip-timm-vit", default_backend="open_clip")
+def write_tiny_clip_timm_vit(path: Path, backend: str = "open_clip") -> None:
+    """Tiny random open_clip model with a timm ViT image tower (SigLIP 2 / PE-Core style: ``map`` pooling, squash
+    resize, bilinear, mean/std 0.5), open_clip format."""
+    if backend != "open_clip":
+        raise ValueError("the tiny timm-tower CLIP is written in open_clip format only")
+    pp = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "resize_mode": "squash"}
+    write_tiny_clip(path, backend, model_cfg=TINY_TIMM_VIT_CFG, preprocess=pp)
+
+
+@tiny_writer("clip-timm-cnn", default_backend="open_clip")
+def write_tiny_clip_timm_cnn(path: Path, backend: str = "open_clip") -> None:
+    """Tiny random open_clip model with a timm CNN image tower (MobileCLIP 2 style: mean 0 / std 1, bilinear,
+    shortest-side resize + centre crop), open_clip format."""
+    if backend != "open_clip":
+        raise ValueError("the tiny timm-tower CLIP is written in open_clip format only")
+    pp = {"mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bilinear", "resize_mode": "shortest"}
+    write_tiny_clip(path, backend, model_cfg=TINY_TIMM_CNN_CFG, preprocess=pp)
+
+
 @tiny_writer("clip", default_backend="open_clip")
-def write_tiny_clip(path: Path, backend: str = "open_clip", *, model_cfg: dict[str, Any] | None = None) -> None:
+def write_tiny_clip(
+    path: Path,
+    backend: str = "open_clip",
+    *,
+    model_cfg: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> None:
     """Tiny random CLIP (48px, patch 8, 2+2 layers) in open_clip or transformers format."""
     from safetensors.torch import save_file
 
@@ -70,6 +115,7 @@ def write_tiny_clip(path: Path, backend: str = "open_clip", *, model_cfg: dict[s
                 "std": list(OPENAI_STD),
                 "interpolation": "bicubic",
                 "resize_mode": "shortest",
+                **(preprocess or {}),
             },
         }
         (path / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
@@ -235,8 +281,12 @@ def write_tiny_siglip2_naflex(path: Path, backend: str = "transformers") -> None
 
 __all__ = [
     "TINY_OPEN_CLIP_CFG",
+    "TINY_TIMM_CNN_CFG",
+    "TINY_TIMM_VIT_CFG",
     "write_tiny_clip",
     "write_tiny_clip_resnet",
+    "write_tiny_clip_timm_cnn",
+    "write_tiny_clip_timm_vit",
     "write_tiny_siglip",
     "write_tiny_siglip2",
     "write_tiny_siglip2_naflex",

@@ -18,8 +18,10 @@ transformers on-disk formats, so the same weights run on either backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,14 @@ class _ClipBase(Encoder):
 # open_clip backend
 # ---------------------------------------------------------------------------------------------------
 class OpenClipEncoder(_ClipBase):
-    """An open_clip ``CLIP`` model with an open_clip ``VisionTransformer`` or ``ModifiedResNet`` image tower.
+    """An open_clip ``CLIP`` model with an open_clip ``VisionTransformer``, ``ModifiedResNet`` or timm image tower.
+
+    For a timm tower (open_clip's ``TimmModel``: PE-Core, SigLIP 2, MobileCLIP 2 ...), ``pooled`` is
+    ``encode_image`` (trunk features -> trunk head -> open_clip head). On a ViT trunk, ``patches`` are the
+    ``forward_features`` tokens (after the trunk's final norm) without the prefix (class / register) tokens, ``cls``
+    the class token where the trunk has one, and ``layers`` taps ``trunk.blocks``. On a CNN trunk (MobileCLIP 2's
+    FastViT-MCi, ConvNeXt ...), ``patches`` is the last feature map (``forward_features``), ``cls`` is ``None`` and
+    ``layers`` taps ``trunk.stages`` (each on its own grid).
 
     For the ResNet tower (the OpenAI ``RN50``-style CNN with attention pooling), ``patches`` is the last
     stage's feature map (stride 32) before the attention pool, ``pooled`` the attention-pooled
@@ -132,24 +141,34 @@ class OpenClipEncoder(_ClipBase):
 
     def __init__(self, model: Any, tokenizer: Any, preprocess_config: PreprocessConfig, name: str) -> None:
         from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.timm_model import TimmModel
         from open_clip.transformer import VisionTransformer
 
         visual = model.visual
         self.is_resnet = isinstance(visual, ModifiedResNet)
-        if not (self.is_resnet or isinstance(visual, VisionTransformer)):
+        self.is_timm = isinstance(visual, TimmModel)
+        if not (self.is_resnet or self.is_timm or isinstance(visual, VisionTransformer)):
             raise ValueError(
-                f"{name!r}: the open_clip backend supports open_clip's own ViT and ModifiedResNet image towers, not "
-                f"{type(visual).__name__}; use a transformers checkpoint of this model instead"
+                f"{name!r}: the open_clip backend supports open_clip's own ViT and ModifiedResNet image towers and "
+                f"timm towers (TimmModel), not {type(visual).__name__}; use a transformers checkpoint of this model "
+                "instead"
             )
+        out_dim, n_reg = getattr(visual, "output_dim", None), 0
         if self.is_resnet:
             width, patch, n_layers = visual.layer4[-1].conv3.out_channels, 32, 4
+        elif self.is_timm:
+            trunk = visual.trunk
+            taps = _timm_taps(trunk)
+            width, patch = trunk.num_features, _timm_reduction(trunk)
+            n_layers = len(taps) if taps is not None else 0
+            out_dim, n_reg = _timm_output_dim(visual), int(getattr(trunk, "num_reg_tokens", 0) or 0)
         else:
             width, patch, n_layers = visual.conv1.out_channels, visual.patch_size[0], len(visual.transformer.resblocks)
         info = EncoderInfo(
             family="clip",
             backend="open_clip",
             name=name,
-            embed_dim=int(visual.output_dim),
+            embed_dim=int(out_dim),
             width=int(width),
             patch_size=int(patch),
             image_size=preprocess_config.image_size,
@@ -157,6 +176,7 @@ class OpenClipEncoder(_ClipBase):
             std=tuple(preprocess_config.std),  # type: ignore[arg-type]
             has_text=True,
             num_layers=int(n_layers),
+            num_registers=n_reg,
         )
         super().__init__(info, preprocess_config)
         self.model = model
@@ -174,6 +194,32 @@ class OpenClipEncoder(_ClipBase):
         patches = x.permute(0, 2, 3, 1)
         return Features(pooled=v.attnpool(x), patches=patches, grid=tuple(patches.shape[1:3]), layers=taps)
 
+    def _forward_timm(self, pixel_values: torch.Tensor, idx: list[int]) -> Features:
+        """A timm image tower: ``trunk.forward_features`` -> ``trunk.forward_head`` -> open_clip's ``head``, as
+        ``TimmModel.forward``, keeping the trunk's last tokens / feature map on the way."""
+        v = self.model.visual
+        trunk = v.trunk
+        blocks = _timm_taps(trunk)
+        if blocks is None and idx:
+            raise ValueError(f"{self._info.name!r}: this timm trunk exposes no blocks or stages to tap")
+        with tap_blocks(blocks, idx) if idx else _no_taps() as taps:
+            x = trunk.forward_features(pixel_values)
+        pooled = v.head(trunk.forward_head(x))
+        if x.ndim == 4:  # CNN trunk: the last feature map, NCHW
+            patches = x.permute(0, 2, 3, 1)
+            layers = {i: t.permute(0, 2, 3, 1) if t.ndim == 4 else t for i, t in taps.items()}
+            return Features(pooled=pooled, patches=patches, grid=tuple(patches.shape[1:3]), layers=layers)
+        prefix = int(trunk.num_prefix_tokens)
+        grid = _timm_grid(pixel_values, x.shape[1] - prefix, self._info.patch_size)
+        cls = x[:, 0] if getattr(trunk, "cls_token", None) is not None else None
+        return Features(
+            pooled=pooled,
+            patches=tokens_to_grid(x, grid, prefix=prefix),
+            grid=grid,
+            cls=cls,
+            layers={i: tokens_to_grid(taps[i], grid, prefix=prefix) for i in idx},
+        )
+
     @property
     def logit_scale(self) -> float:  # type: ignore[override]
         """exp of the learned temperature (the multiplier on cosine similarities)."""
@@ -184,6 +230,8 @@ class OpenClipEncoder(_ClipBase):
         idx = self._layer_indices(layers)
         if self.is_resnet:
             return self._forward_resnet(pixel_values, idx)
+        if self.is_timm:
+            return self._forward_timm(pixel_values, idx)
         grid = (pixel_values.shape[-2] // v.patch_size[0], pixel_values.shape[-1] // v.patch_size[1])
         x = v._embeds(pixel_values)
         with tap_blocks(v.transformer.resblocks, idx) as taps:
@@ -218,6 +266,51 @@ class OpenClipEncoder(_ClipBase):
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
         return self.model.encode_text(tokens)
+
+
+@contextlib.contextmanager
+def _no_taps() -> Iterator[dict[int, torch.Tensor]]:
+    yield {}
+
+
+def _timm_taps(trunk: Any) -> Any:
+    """What ``layers`` taps in a timm trunk: its transformer ``blocks`` (ViT-like) or CNN ``stages``; else ``None``."""
+    if hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens"):
+        return trunk.blocks
+    return getattr(trunk, "stages", None)
+
+
+def _timm_reduction(trunk: Any) -> int:
+    """The stride of the trunk's last tokens / feature map: timm's ``feature_info`` reduction, else the patch size."""
+    info = getattr(trunk, "feature_info", None)
+    if info:
+        last = info[-1] if isinstance(info, (list, tuple)) else None
+        red = last.get("reduction") if isinstance(last, dict) else None
+        if red:
+            return int(red)
+    pe = getattr(trunk, "patch_embed", None)
+    ps = getattr(pe, "patch_size", None)
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps or 16)
+
+
+def _timm_output_dim(visual: Any) -> int:
+    """Width of ``TimmModel``'s output: its head's projection, else the trunk's classifier, else the trunk width."""
+    for m in reversed(list(visual.head.modules())):
+        if isinstance(m, torch.nn.Linear):
+            return int(m.out_features)
+    n = int(getattr(visual.trunk, "num_classes", 0) or 0)
+    return n or int(visual.trunk.num_features)
+
+
+def _timm_grid(pixel_values: torch.Tensor, n: int, stride: int) -> tuple[int, int]:
+    """The ``h x w`` grid of ``n`` patch tokens: the input size over the trunk's stride, else a square."""
+    h, w = pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride
+    if h * w == n:
+        return h, w
+    r = math.isqrt(n)
+    if r * r == n:
+        return r, r
+    raise ValueError(f"cannot place {n} patch tokens on a grid for input {tuple(pixel_values.shape[-2:])}")
 
 
 def _open_clip_cfg(req: LoadRequest) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -28,6 +28,13 @@ def peft_layout(encoder: Any) -> TargetLayout:
                 attention=(r"visual\.attnpool\.(q_proj|k_proj|v_proj|c_proj)",),
                 prepare=prepare_open_clip_resnet,
             )
+        if getattr(encoder, "is_timm", False):  # timm ViT blocks (PE-Core, SigLIP 2, MobileCLIP2-B ...)
+            return TargetLayout(
+                description="clip (open_clip, timm image tower)",
+                image_roots=("visual",),
+                attention=(rf"visual\.trunk\.blocks\.{_B}\.attn\.(qkv|q_proj|k_proj|v_proj|proj)",),
+                mlp=(rf"visual\.trunk\.blocks\.{_B}\.mlp\.(fc1|fc2|fc1_g|fc1_x)",),
+            )
         return TargetLayout(
             description="clip (open_clip, ViT image tower)",
             image_roots=("visual",),
