@@ -9,6 +9,8 @@ Formats (one per model):
   ``CLIPVisionModelWithProjection`` + ``CLIPImageProcessor``.
 - ``dinov2-b-14``, ``dinov2-l-14``: transformers ``Dinov2Model`` + ``BitImageProcessor`` (dinov2-base/-large configs).
   Peer: ``Dinov2Model`` and ``pipeline("image-feature-extraction")``.
+- ``dinov3-b-16`` (not in ``all``): transformers ``DINOv3ViTModel`` at dinov3-vitb16's size + ``DINOv3ViTImageProcessor``.
+  Peer: ``DINOv3ViTModel`` and its processor + model.
 - ``sam-vit-b``: transformers ``SamModel`` (``SamConfig()`` is SAM ViT-B, 1024 px) + ``SamImageProcessor``.
   Peer: ``SamModel.get_image_embeddings`` and ``SamProcessor``.
 - ``dit-xl-2-256``: diffusers pipeline directory: ``DiTTransformer2DModel`` XL/2 (28 blocks, 16 heads x 72, latent
@@ -95,6 +97,16 @@ def _write_dinov2(hidden: int, layers: int, heads: int) -> Callable[[Path], None
     return write
 
 
+def _write_dinov3_b16(path: Path) -> None:
+    """DINOv3 ViT-B/16 (dinov3-vitb16's architecture: 12 x 768, 4 registers, RoPE) + its processor (224 px)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
+
+    cfg = DINOv3ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                          patch_size=16, num_register_tokens=4)  # fmt: skip
+    DINOv3ViTModel(cfg).save_pretrained(path, safe_serialization=True)
+    DINOv3ViTImageProcessor(size={"height": 224, "width": 224}, resample=2).save_pretrained(path)
+
+
 def _write_sam_b(path: Path) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
@@ -132,6 +144,7 @@ _WRITERS: dict[str, Callable[[Path], None]] = {
     "dinov2-b-14": _write_dinov2(768, 12, 12),
     "dinov2-l-14": _write_dinov2(1024, 24, 16),
     "sam-vit-b": _write_sam_b,
+    "dinov3-b-16": _write_dinov3_b16,
     "dit-xl-2-256": _write_dit_xl2,
 }
 
@@ -192,6 +205,8 @@ def build_peer(name: str, path: Path, device: torch.device, dtype: torch.dtype, 
         return _hf_clip_peer(path, device, dtype)
     if family == "dinov2":
         return _dinov2_peer(path, device, dtype)
+    if family == "dinov3":
+        return _dinov3_peer(path, device, dtype)
     if family == "sam":
         return _sam_peer(path, device, dtype)
     if family == "dit":
@@ -254,6 +269,28 @@ def _dinov2_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
         modules=[model],
         e2e=e2e,
         e2e_name='transformers pipeline("image-feature-extraction", pool=True)',
+    )
+
+
+def _dinov3_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import AutoImageProcessor, DINOv3ViTModel
+
+    model = DINOv3ViTModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = AutoImageProcessor.from_pretrained(path)
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        def run(chunk: list[str]) -> torch.Tensor:
+            x = proc(images=_pil(chunk), return_tensors="pt")["pixel_values"].to(device, dtype)
+            return model(pixel_values=x).pooler_output.float().cpu()
+
+        return _batched(paths, bs, run)
+
+    return Peer(
+        name="transformers DINOv3ViTModel",
+        forward=lambda x: model(pixel_values=x).pooler_output,
+        modules=[model],
+        e2e=e2e,
+        e2e_name="transformers DINOv3ViTImageProcessor + DINOv3ViTModel",
     )
 
 
