@@ -248,6 +248,7 @@ _BATCH = {  # (cpu quick, cpu full, cuda quick, cuda full)
     "dinov2-b-14": (2, 8, 64, 256),
     "dinov2-l-14": (2, 8, 64, 256),
     "dinov3-b-16": (2, 8, 64, 256),
+    "radio-b-16": (2, 8, 64, 256),
     "sam-vit-b": (1, 2, 8, 16),
     "dit-xl-2-256": (1, 2, 16, 64),
     "tiny-clip": (4, 8, 64, 256),
@@ -650,7 +651,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
                    help="small batches, few iterations (default on cpu)")  # fmt: skip
     p.add_argument("--models", default="all",
-                   help=f"comma list of {sm.ALL_MODELS + ['vit-b-16-hf', 'dinov3-b-16']}, 'all', or 'tiny' ({sm.TINY_MODELS})")  # fmt: skip
+                   help=f"comma list of {sm.ALL_MODELS + ['vit-b-16-hf', 'dinov3-b-16', 'radio-b-16']}, 'all', or 'tiny' ({sm.TINY_MODELS})")  # fmt: skip
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: fp32 cpu, bf16 cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile our encoder (not the peer)")
     p.add_argument("--batch-size", type=int, default=None, help="override every model's batch size")

@@ -11,6 +11,8 @@ Formats (one per model):
   Peer: ``Dinov2Model`` and ``pipeline("image-feature-extraction")``.
 - ``dinov3-b-16`` (not in ``all``): transformers ``DINOv3ViTModel`` at dinov3-vitb16's size + ``DINOv3ViTImageProcessor``.
   Peer: ``DINOv3ViTModel`` and its processor + model.
+- ``radio-b-16`` (not in ``all``): transformers ``RadioModel`` at ViT-B/16 size. Peer: ``RadioModel``; e2e through a
+  ``CLIPImageProcessor`` that does not normalise (what NVIDIA ships).
 - ``sam-vit-b``: transformers ``SamModel`` (``SamConfig()`` is SAM ViT-B, 1024 px) + ``SamImageProcessor``.
   Peer: ``SamModel.get_image_embeddings`` and ``SamProcessor``.
 - ``dit-xl-2-256``: diffusers pipeline directory: ``DiTTransformer2DModel`` XL/2 (28 blocks, 16 heads x 72, latent
@@ -107,6 +109,15 @@ def _write_dinov3_b16(path: Path) -> None:
     DINOv3ViTImageProcessor(size={"height": 224, "width": 224}, resample=2).save_pretrained(path)
 
 
+def _write_radio_b16(path: Path) -> None:
+    """C-RADIO at ViT-B/16 size (12 x 768; 3 class tokens, 7 registers, CPE up to 2048 px); no processor file (the
+    model normalises its own [0, 1] input)."""
+    from transformers import RadioConfig, RadioModel
+
+    cfg = RadioConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224)
+    RadioModel(cfg).save_pretrained(path, safe_serialization=True)
+
+
 def _write_sam_b(path: Path) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
@@ -145,6 +156,7 @@ _WRITERS: dict[str, Callable[[Path], None]] = {
     "dinov2-l-14": _write_dinov2(1024, 24, 16),
     "sam-vit-b": _write_sam_b,
     "dinov3-b-16": _write_dinov3_b16,
+    "radio-b-16": _write_radio_b16,
     "dit-xl-2-256": _write_dit_xl2,
 }
 
@@ -207,6 +219,8 @@ def build_peer(name: str, path: Path, device: torch.device, dtype: torch.dtype, 
         return _dinov2_peer(path, device, dtype)
     if family == "dinov3":
         return _dinov3_peer(path, device, dtype)
+    if family == "radio":
+        return _radio_peer(path, device, dtype)
     if family == "sam":
         return _sam_peer(path, device, dtype)
     if family == "dit":
@@ -291,6 +305,30 @@ def _dinov3_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
         modules=[model],
         e2e=e2e,
         e2e_name="transformers DINOv3ViTImageProcessor + DINOv3ViTModel",
+    )
+
+
+def _radio_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import CLIPImageProcessor, RadioModel
+
+    model = RadioModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    # transformers has no RADIO processor; NVIDIA's checkpoints ship a CLIPImageProcessor. This one resizes the short
+    # side to 224 (bicubic) and centre crops, without normalising: the model conditions its [0, 1] input itself.
+    proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_normalize=False)
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        def run(chunk: list[str]) -> torch.Tensor:
+            x = proc(images=_pil(chunk), return_tensors="pt")["pixel_values"].to(device, dtype)
+            return model(pixel_values=x).summary.float().cpu()
+
+        return _batched(paths, bs, run)
+
+    return Peer(
+        name="transformers RadioModel",
+        forward=lambda x: model(pixel_values=x).summary,
+        modules=[model],
+        e2e=e2e,
+        e2e_name="transformers CLIPImageProcessor (no normalisation) + RadioModel",
     )
 
 
