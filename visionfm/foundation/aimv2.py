@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .encoder import Encoder, tap_blocks, tokens_to_grid
+from .encoder import Encoder, TextEncoder, tap_blocks, tokens_to_grid
 from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
@@ -73,15 +73,6 @@ def load_preprocess_config(path: Path, image_size: int) -> PreprocessConfig:
         )  # fmt: skip
         return fallback.with_overrides(mean=pp.mean, std=pp.std, interpolation=pp.interpolation)
     return pp
-
-
-def _texts(texts: str | Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    if not texts or not all(isinstance(t, str) for t in texts):
-        raise TypeError("encode_text expects a string or a non-empty list of strings")
-    return texts
 
 
 class _Aimv2Vision:
@@ -165,7 +156,7 @@ def _make_text_tower_causal(model: Any) -> None:
         layer.attention.is_causal = True
 
 
-class Aimv2TextEncoder(_Aimv2Vision, Encoder):
+class Aimv2TextEncoder(_Aimv2Vision, TextEncoder):
     """The AIMv2 image-text model (transformers ``Aimv2Model``, the LiT checkpoint).
 
     ``Features``: ``pooled`` the projected image embedding (transformers' ``get_image_features``: attention-pooling
@@ -245,38 +236,14 @@ class Aimv2TextEncoder(_Aimv2Vision, Encoder):
         """Tokens the text tower reads (``max_position_embeddings``, 77), special tokens included."""
         return self.text_max_length
 
-    def overlong_texts(self, texts: str | Sequence[str]) -> list[str]:
-        """The texts (in order) longer than :attr:`context_length` tokens, which :meth:`encode_text` truncates."""
-        texts = _texts(texts)
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
         ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-        return [t for t, x in zip(texts, ids) if len(x) > self.text_max_length]
+        return [len(x) > self.text_max_length for x in ids]
 
-    def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Embed texts into the image-text space (transformers' ``get_text_features``).
-
-        Texts longer than :attr:`context_length` tokens are truncated, as by transformers, with a logged warning
-        naming them (:meth:`overlong_texts` finds them first; the zero-shot pipelines refuse such labels).
-
-        Args:
-            texts: one string or a list of strings.
-            batch_size: texts per forward pass.
-
-        Returns:
-            ``[N, D]`` text embeddings (not normalised), ``D = info.embed_dim``.
-        """
-        texts = _texts(texts)
-        cut = self.overlong_texts(texts)
-        if cut:
-            logger.warning(
-                "encode_text: %d of %d texts are longer than the %d-token text context of %r and are truncated: %s",
-                len(cut), len(texts), self.context_length, self._info.name, ", ".join(repr(t[:80]) for t in cut[:3]),
-            )  # fmt: skip
-        with torch.inference_mode():
-            parts = []
-            for i in range(0, len(texts), batch_size):
-                out = self.model.get_text_features(**self.tokenize(texts[i : i + batch_size]))
-                parts.append(out if isinstance(out, torch.Tensor) else out.pooler_output)  # transformers 4 / 5
-            return torch.cat(parts)
+    def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
+        """transformers' ``get_text_features`` (:meth:`encode_text` batches and warns about over-long texts)."""
+        out = self.model.get_text_features(**self.tokenize(texts))
+        return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 4 / 5
 
 
 def build(req: LoadRequest) -> Encoder:

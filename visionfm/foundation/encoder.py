@@ -195,6 +195,77 @@ class Encoder(nn.Module):
         return sorted(set(out))
 
 
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    """One string or a non-empty list of strings, as a list; a ``TypeError`` otherwise."""
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("encode_text expects a string or a non-empty list of strings")
+    return texts
+
+
+def preview_texts(texts: Sequence[str], n: int = 3, width: int = 80) -> str:
+    """The first ``n`` texts, each with its middle elided when long (long texts often differ only at the end)."""
+    half = (width - 5) // 2
+    shown = [repr(t if len(t) <= width else f"{t[:half]} ... {t[-half:]}") for t in texts[:n]]
+    return ", ".join(shown) + (f" and {len(texts) - n} more" if len(texts) > n else "")
+
+
+class TextEncoder(Encoder):
+    """An encoder with a text tower: batched :meth:`encode_text` with the over-long-text warning, shared by every
+    image-text family (CLIP / SigLIP, AIMv2). A subclass provides :attr:`context_length`, :meth:`_is_overlong` and
+    :meth:`_embed_text_batch`."""
+
+    logit_scale: float
+    logit_bias: float | None
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the text tower reads, special tokens included (77 for CLIP, 64 for SigLIP); longer texts are
+        truncated to it."""
+        raise NotImplementedError
+
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
+        raise NotImplementedError
+
+    def overlong_texts(self, texts: str | Sequence[str]) -> list[str]:
+        """The texts (in order) that are longer than :attr:`context_length` tokens, which :meth:`encode_text`
+        truncates: two of them that differ only after the cut get the same embedding."""
+        texts = as_texts(texts)
+        return [t for t, cut in zip(texts, self._is_overlong(texts), strict=True) if cut]
+
+    def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        """Embed texts into the image-text space.
+
+        Texts longer than :attr:`context_length` tokens are truncated, as by open_clip and transformers, with a
+        logged warning naming them (captions and generation prompts may be long; a label never should be, and
+        the zero-shot pipelines refuse labels whose prompts do not fit). :meth:`overlong_texts` finds them first.
+
+        Args:
+            texts: one string or a list of strings.
+            batch_size: texts per forward pass.
+
+        Returns:
+            ``[N, D]`` text embeddings (not normalised), ``D = info.embed_dim``.
+        """
+        texts = as_texts(texts)
+        cut = self.overlong_texts(texts)
+        if cut:  # logged under the family module's logger (visionfm.foundation.clip.encoders, ...)
+            logging.getLogger(type(self).__module__).warning(
+                "encode_text: %d of %d texts are longer than the %d-token text context of %r and are truncated "
+                "(texts that differ only after the cut get the same embedding): %s",
+                len(cut), len(texts), self.context_length, self._info.name, preview_texts(cut),
+            )  # fmt: skip
+        with torch.inference_mode():
+            return torch.cat(
+                [self._embed_text_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+            )
+
+
 @contextlib.contextmanager
 def tap_blocks(blocks: Sequence[nn.Module], indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Capture the outputs of ``blocks[i]`` for ``i in indices`` during a forward pass.
