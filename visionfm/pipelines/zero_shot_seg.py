@@ -218,7 +218,7 @@ class ZeroShotSegPipeline(Pipeline):
             :func:`visionfm.pipelines.seg_presets.preset_names`): the method's mode, protocol and thresholds for
             that benchmark, and its class names (used when a call passes no ``labels``).
         mode: one of :data:`visionfm.foundation.dense.DENSE_MODES` (default ``"sclip"``).
-        proxy: for ``mode="proxy"``: an encoder or model name (DINOv2 or SAM) whose patch affinity gives the
+        proxy: for ``mode="proxy"``: an encoder or model name (DINO, DINOv2, DINOv3 or SAM) whose patch affinity gives the
             attention.
         proxy_grid: ``mode="proxy"`` answers on the proxy's patch grid (ProxyCLIP's; default) or, when ``False``, on
             CLIP's.
@@ -367,7 +367,7 @@ class ZeroShotSegPipeline(Pipeline):
         if proxy is not None and self.mode != "proxy":
             raise ValueError(f"proxy= is only used by mode='proxy' (mode is {self.mode!r})")
         if self.mode == "proxy" and self.proxy is None:
-            raise ValueError("mode='proxy' needs proxy= (a DINOv2 or SAM model)")
+            raise ValueError("mode='proxy' needs proxy= (a DINO, DINOv2, DINOv3 or SAM model)")
         if sam_mode not in ("auto", "box"):
             raise ValueError(f"sam_mode must be 'auto' or 'box', got {sam_mode!r}")
         self.sam_mode = sam_mode
