@@ -95,3 +95,142 @@ def test_timm_aliases_point_at_real_open_clip_tags():
                   "dfn5b-clip-vit-h-14", "metaclip2-vit-h-14"):  # fmt: skip
         spec = get_spec(alias)
         assert spec.backend == "open_clip" and spec.source in tags, alias
+
+
+# ---------------------------------------------------------------------------------------------------
+# dense modes on timm towers, against timm's own forward with the last attention's output swapped
+# ---------------------------------------------------------------------------------------------------
+TOWERS = ("siglip2-map", "pe-core-rope", "vit-cls-qknorm")
+
+
+def _timm_encoder(tiny_root, tower: str):
+    """The tiny timm-tower CLIP with its trunk swapped for the tower under test (all width 96, patch 16, 160 px),
+    the last block perturbed so that the modes differ."""
+    import timm
+
+    enc = vfm.load_encoder(tiny_checkpoint("clip-timm-vit", root=tiny_root), device="cpu")
+    if tower == "pe-core-rope":  # Perception Encoder: EVA blocks, 2-D RoPE + learned positions, class token, map pool
+        enc.model.visual.trunk = timm.create_model("vit_pe_core_base_patch16_224", num_classes=0, img_size=160,
+                                                   embed_dim=96, depth=3, num_heads=3, attn_pool_num_heads=3,
+                                                   ref_feat_shape=(10, 10)).eval()  # fmt: skip
+    elif tower == "vit-cls-qknorm":  # MobileCLIP 2 ViT-style class-token pooling, with query/key norms
+        enc.model.visual.trunk = timm.create_model("test_vit", num_classes=0, img_size=160, embed_dim=96,
+                                                   num_heads=3, depth=3, global_pool="token",
+                                                   qk_norm=True).eval()  # fmt: skip
+    trunk = enc.model.visual.trunk
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in trunk.blocks[-1].parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.15)
+    return enc
+
+
+def _timm_reference(enc, x: torch.Tensor, mode: str, monkeypatch) -> torch.Tensor:
+    """Dense tokens by timm's own modules: the blocks run by ``forward_features`` (embedding, RoPE, q/k norms as timm
+    does them; the last attention's q, k, v are read off ``scaled_dot_product_attention``), the last attention output
+    replaced by the mode's, and the pooled head applied to each token alone (the attention pool on a one-token
+    sequence)."""
+    import torch.nn.functional as F
+
+    trunk = enc.model.visual.trunk
+    last = trunk.blocks[-1]
+    for blk in trunk.blocks:
+        blk.attn.fused_attn = True
+    calls, inputs = [], []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((q, k, v))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    h = last.register_forward_pre_hook(lambda m, a, kw: inputs.append((a, kw)), with_kwargs=True)
+    with torch.no_grad():
+        trunk.forward_features(x)
+    h.remove()
+    q, k, v = calls[len(trunk.blocks) - 1]
+    s = q.shape[-1] ** -0.5
+    if mode == "vanilla":
+        a = torch.softmax(q @ k.transpose(-1, -2) * s, -1) @ v
+    elif mode == "sclip":
+        a = (torch.softmax(q @ q.transpose(-1, -2) * s, -1) + torch.softmax(k @ k.transpose(-1, -2) * s, -1)) @ v
+    elif mode == "clearclip":
+        a = torch.softmax(q @ q.transpose(-1, -2) * s, -1) @ v
+    else:  # maskclip
+        a = v
+    b, heads, n, d = a.shape
+    a = last.attn.proj(last.attn.norm(a.transpose(1, 2).reshape(b, n, heads * d)))
+    with torch.no_grad():
+        if mode in ("vanilla", "sclip"):  # the block's own residual, layer scale and MLP around the new attention
+            monkeypatch.setattr(last.attn, "forward", lambda *args, **kwargs: a)
+            args, kwargs = inputs[-1]
+            out = last(*args, **kwargs)
+            monkeypatch.undo()
+        else:
+            out = a
+        out = trunk.norm(out)
+        toks = []
+        for i in range(n):
+            t = out[:, i : i + 1]
+            t = trunk.attn_pool(t) if trunk.attn_pool is not None else t[:, 0]
+            toks.append(enc.model.visual.head(trunk.head(trunk.fc_norm(t))))
+    return torch.stack(toks, dim=1)
+
+
+@pytest.mark.parametrize("tower", TOWERS)
+@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip"])
+def test_dense_modes_on_timm_vit_towers_match_timm(tiny_root, photos, tower, mode, monkeypatch):
+    from visionfm.foundation.dense import _dense_tokens
+
+    enc = _timm_encoder(tiny_root, tower)
+    x = enc.preprocess(photos[:2])
+    with torch.no_grad():
+        ours, prefix, grid = _dense_tokens(enc, x, mode)
+    ref = _timm_reference(enc, x, mode, monkeypatch)
+    assert grid == (10, 10) and prefix == enc.model.visual.trunk.num_prefix_tokens
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+    if tower == "vit-cls-qknorm" and mode == "vanilla":  # the class token through the head is the pooled embedding
+        torch.testing.assert_close(ours[:, 0], enc.encode(photos[:2]).pooled, atol=ATOL, rtol=0)
+
+
+def test_dense_modes_differ_and_naclip_runs_on_timm(tiny_root, photos):
+    from visionfm.foundation.dense import dense_features
+
+    enc = _timm_encoder(tiny_root, "pe-core-rope")
+    x = enc.preprocess(photos[:1])
+    with torch.no_grad():
+        outs = {m: dense_features(enc, x, m) for m in ("vanilla", "maskclip", "sclip", "clearclip", "naclip")}
+        odd = dense_features(enc, torch.randn(1, 3, 144, 208), "sclip")  # a non-native, non-square grid
+    assert odd.shape[1:3] == (9, 13) and torch.isfinite(odd).all()
+    assert all(o.shape == (1, 10, 10, 96) for o in outs.values())
+    for a, b in (("vanilla", "sclip"), ("maskclip", "clearclip"), ("clearclip", "naclip")):
+        assert (outs[a] - outs[b]).abs().max() > 1e-3, (a, b)
+
+
+def test_cnn_tower_dense_is_the_pooled_head_per_position(tiny_root, photos):
+    from visionfm.foundation.dense import dense_features
+
+    enc = vfm.load_encoder(tiny_checkpoint("clip-timm-cnn", root=tiny_root), device="cpu")
+    x = enc.preprocess(photos[:2])
+    feats = enc(x)
+    trunk, v = enc.model.visual.trunk, enc.model.visual
+    with torch.no_grad():
+        dense = dense_features(enc, x, "vanilla")
+        # the pooled path on the mean token: avg pooling commutes with taking the mean of the per-position tokens
+        mean_tok = feats.patches.mean(dim=(1, 2))[:, :, None, None]
+        pooled_from_mean = v.head(trunk.forward_head(mean_tok))
+    assert dense.shape[1:3] == feats.grid and dense.shape[-1] == enc.info.embed_dim
+    torch.testing.assert_close(pooled_from_mean, feats.pooled, atol=ATOL, rtol=0)
+    tok = feats.patches[:, 1, 0][:, :, None, None]
+    torch.testing.assert_close(dense[:, 1, 0], v.head(trunk.forward_head(tok)), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="mode='sclip'.*use mode='vanilla'"):
+        dense_features(enc, x, "sclip")
+
+
+@pytest.mark.parametrize("kind", ["clip-timm-vit", "clip-timm-cnn"])
+def test_zero_shot_seg_runs_on_timm_towers(tiny_root, photos, kind):
+    mode = "sclip" if kind.endswith("vit") else "vanilla"
+    seg = vfm.pipeline("zero-shot-seg", model=str(tiny_checkpoint(kind, root=tiny_root)), mode=mode, device="cpu")
+    out = seg(photos[0], labels=["person", "sky", "grass"])
+    assert out.label_map.shape == photos[0].shape[:2]
+    assert set(out.label_map.unique().tolist()) <= {0, 1, 2, 3}

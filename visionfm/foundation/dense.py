@@ -29,6 +29,15 @@ Backends:
   ``a = out_proj(v_proj(post_layernorm(t)))``, then ``a + mlp(layernorm(a))``. That is exactly what the
   head returns for a one-token input, so a patch embedding is "the head applied to that patch alone".
 
+- open_clip ``TimmModel`` ViTs (SigLIP 2 tags, PE-Core, MobileCLIP 2's ViTs): the last of ``trunk.blocks`` (timm
+  ``Block`` or EVA's ``EvaBlock``: ``norm1``, attention with fused ``qkv`` or separate projections, layer scale,
+  ``norm2``, ``mlp``). The attention's query/key norms and rotary embedding (PE's 2-D RoPE, patch tokens only) are
+  applied to ``q`` and ``k`` before any logits (:attr:`DenseTower.qk_post`). Head: ``trunk.norm``, then the ``map``
+  attention pool's value path and MLP (as for SigLIP) or, for class-token / average pooling, the token itself;
+  then ``fc_norm``, the trunk's head and open_clip's projection.
+- open_clip ``TimmModel`` CNNs with an average-pooling head (MobileCLIP 2's FastViT-MCi, ConvNeXt): no attention to
+  change, so only ``vanilla`` applies: the pooled head on each position of the last feature map.
+
 References (read for the formulas; no code was copied):
 
 - MaskCLIP: Zhou, Loy, Dai, "Extract Free Dense Labels from CLIP", ECCV 2022 (volgachen/MaskCLIP).
@@ -100,6 +109,12 @@ class DenseTower:
         pos: ``[P + h*w, W]`` position table the last block adds to ``tokens`` itself (the ResNet attention pool;
             ``maskclip`` leaves it out, as MaskCLIP's ResNet head ``c_proj(v_proj(x))`` does); ``None`` when the
             positions are already in ``tokens`` (ViTs).
+        qk_post: ``(q, k) -> (q, k)`` on the per-head ``[B, heads, N, d]`` queries and keys before any attention
+            logits are formed: the tower's query/key norms and rotary position embedding (timm ViTs with
+            ``qk_norm``, Perception Encoder's RoPE); ``None`` when the tower has neither.
+
+    A tower with no attention at all (a CNN whose head average-pools the last feature map) has ``qkv=()``:
+    only ``vanilla`` applies, and it is ``head(tokens)``, the pooled head applied to each position.
     """
 
     tokens: torch.Tensor
@@ -112,6 +127,7 @@ class DenseTower:
     block_tail: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     head: Callable[[torch.Tensor], torch.Tensor]
     pos: torch.Tensor | None = None
+    qk_post: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +284,13 @@ def _surgery(
     proxy_grid: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """The last block under ``mode``; returns (``[B, P' + h*w, D]`` joint-space tokens, ``P'``)."""
+    if not t.qkv:  # no attention (average-pooling CNN head): the head on each position is the only dense reading
+        if mode != "vanilla":
+            raise ValueError(
+                f"mode={mode!r} changes the last attention, and this tower has none (a CNN with an average-pooling "
+                "head); use mode='vanilla', which applies the pooled head at every position"
+            )
+        return t.head(t.tokens), t.prefix
     x = t.tokens if t.pos is None or mode == "maskclip" else t.tokens + t.pos
     hdn = t.norm1(x)
     b, n, width = hdn.shape
@@ -278,6 +301,13 @@ def _surgery(
 
     def split(w: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(hdn, w, bias).view(b, n, heads, d).transpose(1, 2)  # [B, heads, N, d]
+
+    def qk(need_q: bool, need_k: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        q = split(wq, bq) if need_q or t.qk_post is not None else None
+        k = split(wk, bk) if need_k or t.qk_post is not None else None
+        if t.qk_post is not None:
+            q, k = t.qk_post(q, k)
+        return q, k
 
     v = split(wv, bv)
     prefix = t.prefix
@@ -296,15 +326,16 @@ def _surgery(
         x, prefix = x[:, prefix:], 0
     else:
         if mode == "vanilla":
-            attn = _softmax((split(wq, bq) * scale) @ split(wk, bk).transpose(-1, -2), v)
+            q, k = qk(True, True)
+            attn = _softmax((q * scale) @ k.transpose(-1, -2), v)
         elif mode == "sclip":
-            q, k = split(wq, bq), split(wk, bk)
+            q, k = qk(True, True)
             attn = _softmax((q * scale) @ q.transpose(-1, -2), v) + _softmax((k * scale) @ k.transpose(-1, -2), v)
         elif mode == "clearclip":
-            q = split(wq, bq)
+            q, _ = qk(True, False)
             attn = _softmax((q * scale) @ q.transpose(-1, -2), v)
         else:  # naclip
-            k = split(wk, bk)
+            _, k = qk(False, True)
             prior = gaussian_neighbourhood(t.grid, naclip_sigma, prefix).to(device=k.device, dtype=k.dtype)
             attn = _softmax((k * scale) @ k.transpose(-1, -2) + prior, v)
         out = attn @ v
@@ -407,8 +438,8 @@ def dense_features(
     with gradients and under ``torch.inference_mode``, on the encoder's device and dtype.
 
     Args:
-        encoder: an ``OpenClipEncoder`` (ViT or ModifiedResNet tower) or ``HFClipEncoder`` (CLIP or
-            SigLIP).
+        encoder: an ``OpenClipEncoder`` (ViT, ModifiedResNet or timm tower) or ``HFClipEncoder`` (CLIP, SigLIP,
+            SigLIP 2).
         pixel_values: ``[B, 3, H, W]`` preprocessed (normalised) pixels; ``H`` and ``W`` multiples of the
             patch size (32 for the ResNet), not necessarily the native size.
         mode: one of :data:`DENSE_MODES`.

@@ -82,6 +82,168 @@ def _open_clip_resnet_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor
     return DenseTower(x, 1, grid, _identity, qkv, pool.c_proj, int(pool.num_heads), None, _identity, pos=pos)
 
 
+def _timm_attention_parts(attn: torch.nn.Module, width: int) -> tuple:
+    """(q/k/v weights and biases, out projection, heads) of a timm attention module: ``Attention`` (ViT), ``EvaAttention``
+    or ``AttentionRope`` (EVA / Perception Encoder), fused ``qkv`` or separate projections."""
+    name = type(attn).__name__
+    heads = int(attn.num_heads)
+    if getattr(attn, "gate", None) is not None or int(getattr(attn, "num_kv_heads", heads)) != heads:
+        raise NotImplementedError(f"dense_features does not support gated or grouped-query attention ({name})")
+    if heads * int(attn.head_dim) != width:
+        raise NotImplementedError(f"dense_features needs the attention width to equal the token width ({name})")
+    if getattr(attn, "qkv", None) is not None:
+        wq, wk, wv = attn.qkv.weight.chunk(3)
+        if attn.qkv.bias is not None:
+            bq, bk, bv = attn.qkv.bias.chunk(3)
+        elif getattr(attn, "q_bias", None) is not None:  # EVA: q and v biases, no k bias
+            bq, bk, bv = attn.q_bias, getattr(attn, "k_bias", None), attn.v_bias
+        else:
+            bq = bk = bv = None
+    else:
+        wq, bq = attn.q_proj.weight, attn.q_proj.bias
+        wk, bk = attn.k_proj.weight, attn.k_proj.bias
+        wv, bv = attn.v_proj.weight, attn.v_proj.bias
+    scale_norm = getattr(attn, "norm", None) or _identity
+
+    def out_proj(o: torch.Tensor) -> torch.Tensor:
+        return attn.proj(scale_norm(o))
+
+    return (wq, bq, wk, bk, wv, bv), out_proj, heads
+
+
+def _timm_qk_post(attn: torch.nn.Module, rope: torch.Tensor | None):
+    """The attention's query/key norms, then its rotary embedding on the patch tokens (not the prefix), as timm's
+    ``Attention`` / ``EvaAttention`` / ``AttentionRope`` forward does; ``None`` when both are identities."""
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    has_norm = any(m is not None and not isinstance(m, torch.nn.Identity) for m in (q_norm, k_norm))
+    if not has_norm and rope is None:
+        return None
+    from timm.layers import apply_rot_embed_cat
+
+    npt = int(getattr(attn, "num_prefix_tokens", 0))
+    half = bool(getattr(attn, "rotate_half", False))
+
+    def post(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k = (q_norm or _identity)(q), (k_norm or _identity)(k)
+        if rope is not None:
+            q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(q)
+            k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(k)
+        return q, k
+
+    return post
+
+
+def _timm_embed(trunk: torch.nn.Module, pixel_values: torch.Tensor, stride: int,
+                pos_interp: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:  # fmt: skip
+    """A timm ViT's ``patch_embed`` + ``_pos_embed`` + ``norm_pre`` at any input size: (tokens, rope, grid).
+
+    The learned position table is resized by ``pos_interp`` to the input grid (left as is at the native grid); the
+    rotary table (EVA / PE) comes from the trunk's own ``rope.get_embed(shape=grid)``."""
+    pe = trunk.patch_embed
+    grid = patch_grid(pixel_values, stride)
+    pixel_values = pixel_values[..., : grid[0] * stride, : grid[1] * stride]
+    if getattr(pe, "backbone", None) is not None:  # HybridEmbed (MobileCLIP 2's MCi ViTs): conv stem, then proj
+        f = pe.backbone(pixel_values.to(pe.proj.weight.dtype))
+        x = pe.proj(f[-1] if isinstance(f, (list, tuple)) else f)
+    else:
+        x = pe.proj(pixel_values.to(pe.proj.weight.dtype))
+    if tuple(x.shape[-2:]) != grid:
+        raise ValueError(f"patch embedding gave a {tuple(x.shape[-2:])} grid, expected {grid}")
+    x = x.flatten(2).transpose(1, 2)
+    x = (getattr(pe, "norm", None) or _identity)(x)
+    prefix = int(trunk.num_prefix_tokens)
+    to_cat = [t.expand(x.shape[0], -1, -1).to(x.dtype) for t in (trunk.cls_token, trunk.reg_token) if t is not None]
+    table = getattr(trunk, "pos_embed", None)
+    pos = None
+    if table is not None:
+        table_prefix = 0 if trunk.no_embed_class else prefix
+        native = tuple(int(g) for g in pe.grid_size)
+        pos = resize_pos_embed(table[0], table_prefix, native, grid, pos_interp).to(x.dtype)
+    if trunk.no_embed_class or pos is None:
+        x = x + pos if pos is not None else x
+        x = torch.cat([*to_cat, x], dim=1)
+    else:
+        x = torch.cat([*to_cat, x], dim=1) + pos
+    rope = _timm_rope(trunk, grid)
+    x = trunk.norm_pre(trunk.pos_drop(x))
+    return x, rope, grid
+
+
+def _timm_rope(trunk: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor | None:
+    """The trunk's rotary table for ``grid``: its cached table at the native grid, else rebuilt from its frequency
+    bands for ``grid`` (what timm's ``dynamic_img_size`` path does); ``None`` for towers without RoPE."""
+    rope = getattr(trunk, "rope", None)
+    if rope is None:
+        return None
+    if getattr(trunk, "rope_mixed", False):
+        raise NotImplementedError("dense_features does not support depth-dependent (mixed) RoPE towers")
+    cached = getattr(rope, "feat_shape", None)
+    if cached is None or tuple(int(g) for g in cached) == grid:
+        return rope.get_embed(shape=list(grid))
+    if not hasattr(rope, "_build_embed_cat"):
+        raise NotImplementedError(f"{type(rope).__name__} has no table for a {grid} grid; use the native input size")
+    return rope._build_embed_cat(list(grid), rope.bands)
+
+
+def _timm_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
+    v = encoder.model.visual
+    trunk = v.trunk
+    last = trunk.blocks[-1]
+    if not (hasattr(last, "norm1") and hasattr(last, "attn") and hasattr(last, "mlp")):
+        raise NotImplementedError(f"dense_features supports pre-norm timm blocks, not {type(last).__name__}")
+    x, rope, grid = _timm_embed(trunk, pixel_values, encoder.info.patch_size, pos_interp)
+    is_eva = "rope" in inspect.signature(last.forward).parameters
+    for blk in trunk.blocks[:-1]:
+        x = blk(x, rope=rope) if is_eva else blk(x)
+    qkv, out_proj, heads = _timm_attention_parts(last.attn, x.shape[-1])
+
+    def scaled(name: str, a: torch.Tensor) -> torch.Tensor:
+        ls = getattr(last, name, None)  # Block: ls1/ls2 modules; EvaBlock: gamma_1/gamma_2 tensors
+        if ls is None:
+            return a
+        return ls * a if isinstance(ls, torch.Tensor) else ls(a)
+
+    def tail(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = x + scaled("gamma_1" if hasattr(last, "gamma_1") else "ls1", a)
+        return x + scaled("gamma_2" if hasattr(last, "gamma_2") else "ls2", last.mlp(last.norm2(x)))
+
+    pool = getattr(trunk, "attn_pool", None)
+    if pool is not None and type(pool).__name__ != "AttentionPoolLatent":
+        raise NotImplementedError(f"dense_features does not support the {type(pool).__name__} pooling head")
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        t = trunk.norm(t)
+        if pool is not None:  # the attention pool's value path and MLP, as for transformers SigLIP
+            width = t.shape[-1]
+            t = F.linear(t, pool.kv.weight[width:], pool.kv.bias[width:] if pool.kv.bias is not None else None)
+            t = pool.proj(t)
+            if pool.mlp is not None:
+                t = t + pool.mlp(pool.norm(t))
+        return v.head(trunk.head(trunk.fc_norm(t)))
+
+    return DenseTower(x, int(trunk.num_prefix_tokens), grid, last.norm1, qkv, out_proj, heads, tail, head,
+                      qk_post=_timm_qk_post(last.attn, rope))  # fmt: skip
+
+
+def _timm_cnn_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, pos_interp: str) -> DenseTower:
+    """A timm CNN with an average-pooling head: the last feature map, and the pooled head applied per position (a
+    ``1 x 1`` map through ``forward_head``, so the head's norm, pooling and projections are the trunk's own)."""
+    v = encoder.model.visual
+    trunk = v.trunk
+    x = trunk.forward_features(pixel_values.to(next(trunk.parameters()).dtype))
+    if x.ndim != 4:
+        raise NotImplementedError(f"expected an NCHW feature map from {type(trunk).__name__}")
+    grid = (int(x.shape[2]), int(x.shape[3]))
+    tokens = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        b, n, c = t.shape
+        out = v.head(trunk.forward_head(t.reshape(b * n, c, 1, 1)))
+        return out.reshape(b, n, -1)
+
+    return DenseTower(tokens, 0, grid, _identity, (), _identity, 0, None, head)
+
+
 def _run_hf_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One transformers encoder layer, across the 4.x (tuple out, causal mask arg) and 5.x signatures."""
     kwargs = {}
@@ -158,6 +320,11 @@ def dense_tower(
     resizes its position table to every input grid itself (bilinear, antialiased), and the input is run as one grid
     with no padding."""
     if isinstance(encoder, OpenClipEncoder):
+        if encoder.is_timm:
+            trunk = encoder.model.visual.trunk
+            if not (hasattr(trunk, "blocks") and hasattr(trunk, "num_prefix_tokens")):
+                return _timm_cnn_tower(encoder, pixel_values, pos_interp)
+            return _timm_vit_tower(encoder, pixel_values, pos_interp)
         if encoder.is_resnet:
             return _open_clip_resnet_tower(encoder, pixel_values, pos_interp)
         return _open_clip_vit_tower(encoder, pixel_values, pos_interp)
