@@ -203,3 +203,67 @@ def test_aliases_resolve_to_the_clip_family():
                       ("siglip2-so400m-naflex", "google/siglip2-so400m-patch16-naflex")]:  # fmt: skip
         spec = get_spec(name)
         assert spec.family == "clip" and spec.source == src and spec.backend == "transformers"
+
+
+def test_naflex_max_num_patches_option_matches_siglip2_processor(naflex_dir, photos):
+    """``load_encoder(..., max_num_patches=64)``: the grids, pixels and features of ``Siglip2ImageProcessor`` with
+    ``max_num_patches=64`` and ``Siglip2Model`` (the checkpoint's own processor config says 256)."""
+    from transformers import AutoModel, Siglip2ImageProcessor
+
+    from visionfm.data.images import load_images
+    from visionfm.foundation.preprocess import preprocess_uint8
+
+    n_max = 64
+    default = vfm.load_encoder(naflex_dir, device="cpu")
+    enc = vfm.load_encoder(naflex_dir, device="cpu", max_num_patches=n_max)
+    assert default.max_num_patches == 256 and enc.max_num_patches == n_max
+    model = AutoModel.from_pretrained(naflex_dir).eval()
+    proc = Siglip2ImageProcessor.from_pretrained(naflex_dir, max_num_patches=n_max)
+    assert proc.max_num_patches == n_max
+    inputs = proc(images=photos, return_tensors="pt")
+    assert inputs["pixel_values"].shape[1] == n_max
+    feats, shapes = enc.encode_with_shapes(photos, batch_size=3, layers=[0])
+    _, shapes_default = default.encode_with_shapes(photos)
+    assert torch.equal(shapes, inputs["spatial_shapes"].long())
+    assert (shapes.prod(-1) <= n_max).all() and (shapes.prod(-1) > n_max // 2).all()
+    assert (shapes.prod(-1) < shapes_default.prod(-1)).all()  # smaller grids than the default 256
+    # pixel values: each image resized to its NaFlex size, patchified in the processor's order
+    p = enc.info.patch_size
+    for b, t in enumerate(load_images(photos)):
+        hh, ww = enc.naflex_size(int(t.shape[-2]), int(t.shape[-1]))
+        assert (hh // p, ww // p) == tuple(shapes[b].tolist())
+        cfg = enc.preprocess_config.with_overrides(resize="exact", crop_size=(hh, ww))
+        seq = enc.patchify(preprocess_uint8([t], cfg)[0])[0]
+        torch.testing.assert_close(seq, inputs["pixel_values"][b, : seq.shape[0]], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        vis = model.vision_model(**inputs, output_hidden_states=True)
+        img = _t(model.get_image_features(**inputs))
+    torch.testing.assert_close(feats.pooled, img, atol=ATOL, rtol=0)
+    for b, (h, w) in enumerate(shapes.tolist()):
+        torch.testing.assert_close(feats.patches[b, :h, :w], vis.last_hidden_state[b, : h * w].reshape(h, w, -1),
+                                   atol=ATOL, rtol=0)  # fmt: skip
+        torch.testing.assert_close(feats.layers[0][b, :h, :w], vis.hidden_states[1][b, : h * w].reshape(h, w, -1),
+                                   atol=ATOL, rtol=0)  # fmt: skip
+    # the square preprocess() size follows the option too: isqrt(64) = 8 patches a side
+    x = enc.preprocess(photos[:2])
+    assert tuple(x.shape[-2:]) == (8 * p, 8 * p) and enc.info.image_size == (8 * p, 8 * p)
+    assert enc(x).grid == (8, 8)
+
+
+def test_max_num_patches_is_rejected_without_naflex(fixed_dir, tiny_root):
+    # a family without the option: the generic unknown-option error, before anything is built
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_num_patches'\] for family 'dinov2'"):
+        vfm.load_encoder(tiny_checkpoint("dinov2", root=tiny_root), device="cpu", max_num_patches=64)
+    # the clip family has it, but only its SigLIP 2 NaFlex checkpoints can use it
+    open_clip_dir = tiny_checkpoint("clip", "open_clip", root=tiny_root)
+    for path, what in [
+        (fixed_dir, "is a transformers 'siglip' checkpoint"),
+        (open_clip_dir, "is in the open_clip format"),
+    ]:
+        with pytest.raises(ValueError, match=rf"max_num_patches=.*SigLIP 2 NaFlex.*family 'clip'.*{what}"):
+            vfm.load_encoder(path, device="cpu", max_num_patches=64)
+    naflex = tiny_checkpoint("siglip2-naflex", root=tiny_root)
+    with pytest.raises(ValueError, match="max_num_patches= must be >= 1"):
+        vfm.load_encoder(naflex, device="cpu", max_num_patches=0)
+    with pytest.raises(TypeError, match="max_num_patches= must be an int"):
+        vfm.load_encoder(naflex, device="cpu", max_num_patches=64.0)

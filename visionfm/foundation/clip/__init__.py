@@ -18,6 +18,7 @@ from .convert import (
 )
 from .dense import dense_tower
 from .encoders import (
+    CLIP_OPTIONS,
     OPENAI_MEAN,
     OPENAI_STD,
     HFClipEncoder,
@@ -29,6 +30,7 @@ from .encoders import (
 from .peft import peft_layout
 
 __all__ = [
+    "CLIP_OPTIONS",
     "OPENAI_MEAN",
     "OPENAI_STD",
     "HFClipEncoder",
@@ -46,6 +48,7 @@ register_family(
         backends=("open_clip", "transformers"),
         detect=_detect,
         build=_build,
+        options=CLIP_OPTIONS,
         description="CLIP, SigLIP and SigLIP 2 image-text encoders (open_clip or transformers weights)",
         formats="open_clip (open_clip_config.json + open_clip_model.safetensors) or transformers (config.json with "
         "model_type clip/siglip/siglip2)",

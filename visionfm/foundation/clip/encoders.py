@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -46,6 +47,14 @@ logger = logging.getLogger(__name__)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _HF_CLIP_TYPES = ("clip", "siglip", "siglip2")
+
+#: Family options accepted by ``load_encoder`` for the ``clip`` family, with their defaults.
+#:
+#: - ``max_num_patches``: SigLIP 2 NaFlex only (transformers ``Siglip2Model``, ``model_type: siglip2``): the most
+#:   patches an image is resized to (``Siglip2ImageProcessor(max_num_patches=...)``), and the square
+#:   :meth:`~HFSiglip2Encoder.preprocess` size (``isqrt(max_num_patches) * patch``). ``None``: the checkpoint's
+#:   processor config (256 when it names none). Any other checkpoint of the family raises ``ValueError``.
+CLIP_OPTIONS: Mapping[str, Any] = MappingProxyType({"max_num_patches": None})
 
 
 def _as_tensor(out: Any) -> torch.Tensor:
@@ -519,8 +528,10 @@ class HFSiglip2Encoder(HFClipEncoder):
         return self.encode_with_shapes(images, batch_size=batch_size, layers=layers, output_device=output_device)[0]
 
 
-def _siglip2_preprocess(path: Path, patch: int) -> tuple[PreprocessConfig, int]:
-    """(a square fallback ``PreprocessConfig`` carrying the NaFlex interpolation/normalisation, max_num_patches)."""
+def _siglip2_preprocess(path: Path, patch: int, max_num_patches: int | None = None) -> tuple[PreprocessConfig, int]:
+    """(a square fallback ``PreprocessConfig`` carrying the NaFlex interpolation/normalisation, max_num_patches).
+
+    ``max_num_patches`` overrides the processor config's (the ``load_encoder`` option)."""
     import math
 
     from transformers import Siglip2ImageProcessor
@@ -530,7 +541,7 @@ def _siglip2_preprocess(path: Path, patch: int) -> tuple[PreprocessConfig, int]:
         cfg.update(read_json(path / "preprocessor_config.json"))
     elif (path / "processor_config.json").is_file():
         cfg.update(read_json(path / "processor_config.json").get("image_processor") or {})
-    n_max = int(cfg.get("max_num_patches", 256))
+    n_max = int(cfg.get("max_num_patches", 256)) if max_num_patches is None else int(max_num_patches)
     if int(cfg.get("patch_size", patch)) != patch:
         raise CheckpointError(f"{path}: processor patch_size {cfg.get('patch_size')} != the model's {patch}")
     side = math.isqrt(n_max) * patch
@@ -545,7 +556,8 @@ def _build_hf(req: LoadRequest) -> HFClipEncoder:
     tokenizer = AutoTokenizer.from_pretrained(req.path)
     kind = model.config.model_type
     if kind == "siglip2":
-        base, n_max = _siglip2_preprocess(req.path, int(model.config.vision_config.patch_size))
+        n_opt = req.options.get("max_num_patches")
+        base, n_max = _siglip2_preprocess(req.path, int(model.config.vision_config.patch_size), n_opt)
         return HFSiglip2Encoder(model, tokenizer, base, req.name, n_max)
     pp = PreprocessConfig.from_hf_dir(req.path, "SiglipImageProcessor" if kind == "siglip" else "CLIPImageProcessor")
     if pp is None:
@@ -571,7 +583,28 @@ def _detect(path: Path) -> str | None:
     return None
 
 
+def _check_max_num_patches(req: LoadRequest) -> None:
+    """Validate the ``max_num_patches`` option: an int >= 1, and only for SigLIP 2 NaFlex checkpoints."""
+    n = req.options.get("max_num_patches")
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"load_encoder option max_num_patches= must be an int or None, got {n!r}")
+    if n < 1:
+        raise ValueError(f"load_encoder option max_num_patches= must be >= 1, got {n}")
+    fmt = req.extra.get("format", req.backend)
+    kind = hf_model_type(req.path) if fmt == "transformers" else None
+    if kind != "siglip2":
+        what = f"is a transformers {kind!r} checkpoint" if kind else f"is in the {fmt} format"
+        raise ValueError(
+            f"load_encoder option max_num_patches= applies only to SigLIP 2 NaFlex checkpoints (transformers "
+            f"Siglip2Model, model_type 'siglip2') of family 'clip'; {req.name!r} {what}, which has no NaFlex "
+            "(its input size is fixed by its preprocessing)"
+        )
+
+
 def _build(req: LoadRequest) -> Encoder:
+    _check_max_num_patches(req)
     fmt = req.extra.get("format", req.backend)
     if req.backend != fmt:
         raise ValueError(
