@@ -195,6 +195,56 @@ def write_tiny_siglip(path: Path, backend: str = "transformers") -> None:
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
 
 
+def _train_tiny_spm(vocab_size: int, **ids: int) -> bytes:
+    """A tiny SentencePiece unigram model trained on :data:`_SPM_CORPUS` (bytes of its ``.model`` file)."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SPM_CORPUS * 20),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+        **ids,
+    )
+    return buf.getvalue()
+
+
+@tiny_writer("metaclip2", default_backend="transformers")
+def write_tiny_metaclip2(path: Path, backend: str = "transformers") -> None:
+    """Tiny random MetaCLIP 2 (transformers ``MetaClip2Model``, model_type ``metaclip_2``) as
+    facebook/metaclip-2-worldwide-* ship it: a CLIP-shaped model with QuickGELU, an ``XLMRobertaTokenizer``
+    (SentencePiece; XLM-V's layout: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, the text pooled at ``</s>``) and a
+    ``CLIPImageProcessor`` (48 px here)."""
+    from transformers import CLIPImageProcessor, MetaClip2Config, MetaClip2Model, XLMRobertaTokenizer
+
+    if backend != "transformers":
+        raise ValueError("tiny MetaCLIP 2 is written in transformers format only")
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=_train_tiny_spm(60, pad_id=-1, bos_id=-1, eos_id=-1, unk_id=0))
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(1, sp.get_piece_size())]  # 0 is SPM's <unk>
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces, ("<mask>", 0.0)]
+    tok = XLMRobertaTokenizer(vocab=vocab, model_max_length=77)
+    tok.save_pretrained(path)
+    common = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, hidden_act="quick_gelu"
+    )
+    cfg = MetaClip2Config(
+        text_config=dict(common, vocab_size=len(tok), max_position_embeddings=77, pad_token_id=1, bos_token_id=0,
+                         eos_token_id=2),
+        vision_config=dict(common, image_size=48, patch_size=8),
+        projection_dim=24,
+    )  # fmt: skip
+    MetaClip2Model(cfg).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(path)
+
+
 _SIGLIP2_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'-"
 
 

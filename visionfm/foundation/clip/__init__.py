@@ -51,7 +51,7 @@ register_family(
         options=CLIP_OPTIONS,
         description="CLIP, SigLIP and SigLIP 2 image-text encoders (open_clip or transformers weights)",
         formats="open_clip (open_clip_config.json + open_clip_model.safetensors) or transformers (config.json with "
-        "model_type clip/siglip/siglip2)",
+        "model_type clip/metaclip_2/siglip/siglip2)",
         peft_layout=peft_layout,
         dense_tower=dense_tower,
     )
@@ -125,6 +125,11 @@ for _name, _src, _desc in [
         "metaclip2-vit-h-14-378",
         "ViT-H-14-worldwide-378/metaclip2_worldwide",
         "MetaCLIP 2 worldwide ViT-H/14, 378px, multilingual (open_clip)",
+    ),
+    (
+        "metaclip2-huge-hf",
+        "facebook/metaclip-2-worldwide-huge-quickgelu",
+        "MetaCLIP 2 worldwide ViT-H/14 (transformers MetaClip2Model, XLM-V tokenizer)",
     ),
     (
         "metaclip2-vit-bigg-14",

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_HF_CLIP_TYPES = ("clip", "siglip", "siglip2")
+_HF_CLIP_TYPES = ("clip", "metaclip_2", "siglip", "siglip2")
 
 #: Family options accepted by ``load_encoder`` for the ``clip`` family, with their defaults.
 #:
@@ -320,11 +320,14 @@ def _build_open_clip(req: LoadRequest) -> OpenClipEncoder:
 # transformers backend (CLIP and SigLIP)
 # ---------------------------------------------------------------------------------------------------
 class HFClipEncoder(_ClipBase):
-    """A transformers ``CLIPModel`` or ``SiglipModel``."""
+    """A transformers ``CLIPModel``, ``MetaClip2Model`` (MetaCLIP 2: CLIP's architecture with an XLM-V tokenizer,
+    handled as CLIP: :attr:`kind` ``"clip"``, :attr:`model_type` ``"metaclip_2"``) or ``SiglipModel``."""
 
     def __init__(self, model: Any, tokenizer: Any, preprocess_config: PreprocessConfig, name: str) -> None:
         cfg = model.config
-        self.kind = cfg.model_type
+        #: the checkpoint's ``model_type``; :attr:`kind` is ``"clip"`` for both CLIP and MetaCLIP 2
+        self.model_type = str(cfg.model_type)
+        self.kind = "clip" if cfg.model_type == "metaclip_2" else cfg.model_type
         vcfg = cfg.vision_config
         embed_dim = cfg.projection_dim if self.kind == "clip" else vcfg.hidden_size
         self.siglip_version = 2 if self.kind == "siglip2" or type(tokenizer).__name__.startswith("Gemma") else 1
