@@ -163,11 +163,31 @@ def _flop_mapping() -> dict[Any, Any]:
     return out
 
 
+class _TotalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP goes to the total ("Global") only."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _TotalOnly:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs (2 per multiply-add) of one call of ``fn``, by ``torch.utils.flop_counter.FlopCounterMode``."""
+    """FLOPs (2 per multiply-add) of one call of ``fn``, by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Only the total is kept: the counter's per-module tracker is switched off. It hooks every module input that
+    requires grad and fails in inference mode on a view of a parameter (a requires-grad tensor with no grad node),
+    e.g. timm's attention-pool latent ``latent.expand(B, -1, -1)`` in PE-Core's head.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as fc:
+    fc = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
+    if hasattr(fc, "mod_tracker"):
+        fc.mod_tracker = _TotalOnly()
+    with fc:
         fn()
     return int(fc.get_total_flops())
 
@@ -249,6 +269,11 @@ _BATCH = {  # (cpu quick, cpu full, cuda quick, cuda full)
     "dinov2-l-14": (2, 8, 64, 256),
     "dinov3-b-16": (2, 8, 64, 256),
     "radio-b-16": (2, 8, 64, 256),
+    "siglip2-b-16": (2, 8, 64, 256),
+    "siglip2-b-16-fixed": (2, 8, 64, 256),
+    "aimv2-l-14": (2, 8, 64, 256),
+    "pe-core-b-16": (2, 8, 64, 256),
+    "mobileclip2-s2": (2, 8, 64, 256),
     "sam-vit-b": (1, 2, 8, 16),
     "dit-xl-2-256": (1, 2, 16, 64),
     "tiny-clip": (4, 8, 64, 256),
@@ -651,7 +676,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
                    help="small batches, few iterations (default on cpu)")  # fmt: skip
     p.add_argument("--models", default="all",
-                   help=f"comma list of {sm.ALL_MODELS + ['vit-b-16-hf', 'dinov3-b-16', 'radio-b-16']}, 'all', or 'tiny' ({sm.TINY_MODELS})")  # fmt: skip
+                   help=f"comma list of {sm.ALL_MODELS + sm.EXTRA_MODELS}, 'all' ({sm.ALL_MODELS}), or 'tiny' ({sm.TINY_MODELS})")  # fmt: skip
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: fp32 cpu, bf16 cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile our encoder (not the peer)")
     p.add_argument("--batch-size", type=int, default=None, help="override every model's batch size")

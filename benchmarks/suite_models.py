@@ -13,6 +13,21 @@ Formats (one per model):
   Peer: ``DINOv3ViTModel`` and its processor + model.
 - ``radio-b-16`` (not in ``all``): transformers ``RadioModel`` at ViT-B/16 size. Peer: ``RadioModel``; e2e through a
   ``CLIPImageProcessor`` that does not normalise (what NVIDIA ships).
+- ``siglip2-b-16`` (not in ``all``): transformers ``Siglip2Model`` (NaFlex) at google/siglip2-base-patch16-naflex's
+  size (vision and text towers 12 x 768, patch 16, a 16 x 16 position table; the text tower reads a tiny Gemma
+  tokenizer instead of the 256k-token one) + ``Siglip2ImageProcessor(max_num_patches=256)``. Peer:
+  ``Siglip2Model.get_image_features`` on the processor's ``pixel_values`` / ``pixel_attention_mask`` /
+  ``spatial_shapes`` (the encoder-forward batch is the 256 x 256 square, patchified in the processor's order); e2e
+  through the processor (native aspect ratio, as ours).
+- ``siglip2-b-16-fixed`` (not in ``all``): fixed-resolution SigLIP 2 B/16 at 224 px, as google/siglip2-base-patch16-224
+  ships it: a transformers ``SiglipModel`` (same towers and tokenizer as above) + ``SiglipImageProcessor``. Peer:
+  ``SiglipModel.get_image_features`` and its processor + model.
+- ``aimv2-l-14`` (not in ``all``): transformers ``Aimv2VisionModel`` at apple/aimv2-large-patch14-224's size (24 x 1024,
+  patch 14, 224 px, no pooling head: the smallest released AIMv2 image encoder) + its ``CLIPImageProcessor``. Peer:
+  ``Aimv2VisionModel`` (pooled = mean of ``last_hidden_state``, as ours without a head) and its processor + model.
+- ``pe-core-b-16``, ``mobileclip2-s2`` (not in ``all``): open_clip format, written from
+  ``open_clip.create_model("PE-Core-B-16" / "MobileCLIP2-S2", pretrained=None)`` (timm ``Eva`` / ``FastVit`` image
+  towers, full text towers) with the preprocessing of their released open_clip tags. Peer: as ``vit-b-16``.
 - ``sam-vit-b``: transformers ``SamModel`` (``SamConfig()`` is SAM ViT-B, 1024 px) + ``SamImageProcessor``.
   Peer: ``SamModel.get_image_embeddings`` and ``SamProcessor``.
 - ``dit-xl-2-256``: diffusers pipeline directory: ``DiTTransformer2DModel`` XL/2 (28 blocks, 16 heads x 72, latent
@@ -36,6 +51,9 @@ import numpy as np
 import torch
 
 ALL_MODELS = ["vit-b-16", "vit-l-14", "dinov2-b-14", "dinov2-l-14", "sam-vit-b", "dit-xl-2-256"]
+#: Runnable with ``--models`` but not part of ``all``.
+EXTRA_MODELS = ["vit-b-16-hf", "dinov3-b-16", "radio-b-16", "siglip2-b-16", "siglip2-b-16-fixed", "aimv2-l-14",
+                "pe-core-b-16", "mobileclip2-s2"]  # fmt: skip
 TINY_MODELS = ["tiny-clip", "tiny-dinov2"]
 
 
@@ -118,6 +136,78 @@ def _write_radio_b16(path: Path) -> None:
     RadioModel(cfg).save_pretrained(path, safe_serialization=True)
 
 
+def _siglip2_b16_towers(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(text, vision) configs of SigLIP 2 B/16 (both towers 12 x 768, MLP 3072), writing the tokenizer to ``path``: a
+    tiny Gemma tokenizer (visionfm's test one), so the text tower's vocabulary is small; the image tower is real."""
+    from visionfm.testing.clip import _write_tiny_gemma_tokenizer
+
+    vocab = _write_tiny_gemma_tokenizer(path)
+    tower = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    text = dict(tower, vocab_size=vocab, max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    return text, dict(tower, patch_size=16)
+
+
+def _write_siglip2_b16(path: Path) -> None:
+    """SigLIP 2 B/16 NaFlex (google/siglip2-base-patch16-naflex's architecture: a 16 x 16 position table resized to
+    each image's grid) + ``Siglip2ImageProcessor`` (patch 16, at most 256 patches, bilinear, mean/std 0.5)."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    text, vision = _siglip2_b16_towers(path)
+    Siglip2Model(Siglip2Config(text_config=text, vision_config=dict(vision, num_patches=256))).save_pretrained(
+        path, safe_serialization=True
+    )
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=256).save_pretrained(path)
+
+
+def _write_siglip2_b16_fixed(path: Path) -> None:
+    """Fixed-resolution SigLIP 2 B/16 at 224 px (google/siglip2-base-patch16-224: a ``SiglipModel``) +
+    ``SiglipImageProcessor`` (224 x 224, bilinear, mean/std 0.5)."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    text, vision = _siglip2_b16_towers(path)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=dict(vision, image_size=224))).save_pretrained(
+        path, safe_serialization=True
+    )
+    SiglipImageProcessor(size={"height": 224, "width": 224}, resample=2).save_pretrained(path)
+
+
+def _write_aimv2_l14(path: Path) -> None:
+    """AIMv2-L/14 image encoder (apple/aimv2-large-patch14-224: 24 x 1024, 8 heads, SwiGLU 2816, RMSNorm, no pooling
+    head) + the ``CLIPImageProcessor`` it ships (short side 224, bicubic, centre crop 224, OpenAI mean/std)."""
+    from transformers import Aimv2VisionConfig, Aimv2VisionModel, CLIPImageProcessor
+
+    from visionfm.foundation.aimv2 import OPENAI_MEAN, OPENAI_STD
+
+    cfg = Aimv2VisionConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=8,
+                            image_size=224, patch_size=14, use_head=False)  # fmt: skip
+    Aimv2VisionModel(cfg).save_pretrained(path, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
+                       image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD)).save_pretrained(path)  # fmt: skip
+
+
+def _write_open_clip_tag(arch: str, tag: str) -> Callable[[Path], None]:
+    """open_clip's ``arch`` as ``open_clip.create_model(arch, pretrained=None)`` builds it (random weights), in
+    open_clip's local-dir format, with the preprocessing of the released tag ``arch/tag``."""
+
+    def write(path: Path) -> None:
+        import open_clip
+        from safetensors.torch import save_file
+
+        model_cfg = open_clip.get_model_config(arch)
+        model = open_clip.create_model(arch, pretrained=None)
+        pcfg = open_clip.get_pretrained_cfg(arch, tag)
+        pp = {"size": int(model_cfg["vision_cfg"]["image_size"]), "mode": "RGB", "mean": list(pcfg["mean"]),
+              "std": list(pcfg["std"]), "interpolation": pcfg["interpolation"],
+              "resize_mode": pcfg["resize_mode"]}  # fmt: skip
+        (path / "open_clip_config.json").write_text(
+            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2)
+        )
+        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, str(path / "open_clip_model.safetensors"))
+
+    return write
+
+
 def _write_sam_b(path: Path) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
@@ -157,6 +247,11 @@ _WRITERS: dict[str, Callable[[Path], None]] = {
     "sam-vit-b": _write_sam_b,
     "dinov3-b-16": _write_dinov3_b16,
     "radio-b-16": _write_radio_b16,
+    "siglip2-b-16": _write_siglip2_b16,
+    "siglip2-b-16-fixed": _write_siglip2_b16_fixed,
+    "aimv2-l-14": _write_aimv2_l14,
+    "pe-core-b-16": _write_open_clip_tag("PE-Core-B-16", "meta"),
+    "mobileclip2-s2": _write_open_clip_tag("MobileCLIP2-S2", "dfndr2b"),
     "dit-xl-2-256": _write_dit_xl2,
 }
 
@@ -168,7 +263,7 @@ def checkpoint(name: str, root: Path | None = None) -> Path:
     if name == "tiny-dinov2":
         return _tiny("dinov2", "transformers")
     if name not in _WRITERS:
-        raise ValueError(f"unknown suite model {name!r}; choose from {ALL_MODELS + ['vit-b-16-hf'] + TINY_MODELS}")
+        raise ValueError(f"unknown suite model {name!r}; choose from {ALL_MODELS + EXTRA_MODELS + TINY_MODELS}")
     return _write_once(name, _WRITERS[name], root)
 
 
@@ -213,6 +308,10 @@ def build_peer(name: str, path: Path, device: torch.device, dtype: torch.dtype, 
     family = ours.info.family
     if family == "clip" and ours.info.backend == "open_clip":
         return _open_clip_peer(path, device, dtype)
+    if family == "clip" and getattr(ours, "kind", None) == "siglip2":
+        return _siglip2_peer(path, device, dtype)
+    if family == "clip" and getattr(ours, "kind", None) == "siglip":
+        return _siglip_peer(path, device, dtype)
     if family == "clip":
         return _hf_clip_peer(path, device, dtype)
     if family == "dinov2":
@@ -221,6 +320,8 @@ def build_peer(name: str, path: Path, device: torch.device, dtype: torch.dtype, 
         return _dinov3_peer(path, device, dtype)
     if family == "radio":
         return _radio_peer(path, device, dtype)
+    if family == "aimv2":
+        return _aimv2_peer(path, device, dtype)
     if family == "sam":
         return _sam_peer(path, device, dtype)
     if family == "dit":
@@ -329,6 +430,98 @@ def _radio_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
         modules=[model],
         e2e=e2e,
         e2e_name="transformers CLIPImageProcessor (no normalisation) + RadioModel",
+    )
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """transformers 5's ``get_image_features`` returns a model output (older versions a tensor)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _siglip2_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import AutoImageProcessor, Siglip2Model
+
+    model = Siglip2Model.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = AutoImageProcessor.from_pretrained(path)
+    p = int(model.config.vision_config.patch_size)
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        # an already-resized [B, 3, H, W] batch in the processor's packed layout: [B, h*w, p*p*3] patches (row,
+        # column; then y, x, c), every patch real
+        b, c, hh, ww = x.shape
+        seq = x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+        mask = torch.ones(seq.shape[:2], dtype=torch.long, device=x.device)
+        shapes = torch.tensor([[hh // p, ww // p]] * b, dtype=torch.long, device=x.device)
+        return _pooled(model.get_image_features(pixel_values=seq, pixel_attention_mask=mask, spatial_shapes=shapes))
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        def run(chunk: list[str]) -> torch.Tensor:
+            inputs = proc(images=_pil(chunk), return_tensors="pt")
+            x = inputs["pixel_values"].to(device, dtype)
+            mask, shapes = inputs["pixel_attention_mask"].to(device), inputs["spatial_shapes"].to(device)
+            out = model.get_image_features(pixel_values=x, pixel_attention_mask=mask, spatial_shapes=shapes)
+            return _pooled(out).float().cpu()
+
+        return _batched(paths, bs, run)
+
+    return Peer(
+        name="transformers Siglip2Model.get_image_features",
+        forward=fwd,
+        modules=[model.vision_model],
+        e2e=e2e,
+        e2e_name=f"transformers {type(proc).__name__} (NaFlex, max_num_patches={proc.max_num_patches}) + "
+        "Siglip2Model.get_image_features",
+        note="SigLIP 2 NaFlex: encoder forward on the square max_num_patches grid (all patches real); e2e at each "
+        "image's native aspect ratio on both sides",
+    )
+
+
+def _siglip_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import AutoImageProcessor, SiglipModel
+
+    model = SiglipModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = AutoImageProcessor.from_pretrained(path)
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        def run(chunk: list[str]) -> torch.Tensor:
+            x = proc(images=_pil(chunk), return_tensors="pt")["pixel_values"].to(device, dtype)
+            return _pooled(model.get_image_features(pixel_values=x)).float().cpu()
+
+        return _batched(paths, bs, run)
+
+    return Peer(
+        name="transformers SiglipModel.get_image_features",
+        forward=lambda x: _pooled(model.get_image_features(pixel_values=x)),
+        modules=[model.vision_model],
+        e2e=e2e,
+        e2e_name=f"transformers {type(proc).__name__} + SiglipModel.get_image_features",
+    )
+
+
+def _aimv2_peer(path: Path, device: torch.device, dtype: torch.dtype) -> Peer:
+    from transformers import Aimv2VisionModel, AutoImageProcessor
+
+    model = Aimv2VisionModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    proc = AutoImageProcessor.from_pretrained(path)
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        out = model(pixel_values=x)  # the released image encoders have no head: pooler_output is None
+        return out.pooler_output if out.pooler_output is not None else out.last_hidden_state.mean(1)
+
+    def e2e(paths: list[str], bs: int) -> torch.Tensor:
+        def run(chunk: list[str]) -> torch.Tensor:
+            x = proc(images=_pil(chunk), return_tensors="pt")["pixel_values"].to(device, dtype)
+            return fwd(x).float().cpu()
+
+        return _batched(paths, bs, run)
+
+    return Peer(
+        name="transformers Aimv2VisionModel",
+        forward=fwd,
+        modules=[model],
+        e2e=e2e,
+        e2e_name=f"transformers {type(proc).__name__} + Aimv2VisionModel",
+        note="AIMv2 image encoder without a head: pooled = mean of last_hidden_state on both sides",
     )
 
 
