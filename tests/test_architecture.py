@@ -109,7 +109,7 @@ def test_production_modules_hold_no_tiny_writer():
 
 def test_every_family_declares_its_format_and_kind():
     fams = visionfm.foundation.registry.families()
-    assert {"aimv2", "clip", "dino", "dinov2", "dinov3", "radio", "sam", "dit", "pixart", "student", "detector"} <= set(
+    assert {"aimv2", "clip", "dino", "dinov2", "dinov3", "radio", "sam", "sam3", "dit", "pixart", "student", "detector"} <= set(
         fams
     )
     for f in fams.values():
@@ -123,6 +123,7 @@ def test_every_family_declares_its_format_and_kind():
         "dinov3",
         "radio",
         "sam",
+        "sam3",
         "dit",
     }
     assert {n for n, f in fams.items() if f.dense_tower is not None} == {"clip"}

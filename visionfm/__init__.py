@@ -1,8 +1,8 @@
-"""visionfm: vision foundation models (CLIP/SigLIP, AIMv2, DINO v1-v3, RADIO, SAM, DiT, PixArt) behind one interface.
+"""visionfm: vision foundation models (CLIP/SigLIP, AIMv2, DINO v1-v3, RADIO, SAM, SAM 3, DiT, PixArt) behind one interface.
 
 >>> import visionfm as vfm
 >>> sorted({m.family for m in vfm.list_models()})
-['aimv2', 'clip', 'detector', 'dino', 'dinov2', 'dinov3', 'dit', 'pixart', 'radio', 'sam']
+['aimv2', 'clip', 'detector', 'dino', 'dinov2', 'dinov3', 'dit', 'pixart', 'radio', 'sam', 'sam3']
 """
 
 from __future__ import annotations

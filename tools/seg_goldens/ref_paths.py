@@ -32,6 +32,8 @@ REFS = {
     "corrclip": ("zdk258/CorrCLIP", "6c1fd2c02ff90f071ed744a5998be0cda7ad75b4"),
     # Trident's repository holds its own (modified) segment_anything: the SAM code make_trident.py uses
     "trident": ("YuHengsss/Trident", "a93b346d1b1dc55bc6f547da5b7d361ad449ae44"),
+    # SAM 3 semantic fusion; its vendored sam3/model/ code (the processor step) is used, its model is not
+    "segearth_ov3": ("earth-insights/SegEarth-OV-3", "87e5cc18c8bc9c0b4713b975587281ac1c97c79a"),
 }
 
 REF_DIR = Path(os.environ.get("VISIONFM_REF_DIR") or HERE / "ref").absolute()
