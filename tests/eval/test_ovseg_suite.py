@@ -145,3 +145,26 @@ def test_bad_data_root_and_a_method_on_a_plain_dataset_are_refused(tmp_path, cli
                      "tasks: [{name: t, task: segmentation, dataset: d, method: naclip}]\n")  # fmt: skip
     with pytest.raises(ValueError, match="'method' needs an ovseg benchmark dataset"):
         Runner(load_suite(suite), str(clip_dir), tmp_path / "o").run()
+
+
+def test_sam3_runs_the_suite_with_the_presets_labels(data_root, tiny_root, tmp_path):
+    """SAM 3 (issue 19): the same suite, the preset's class names and background words, one row per benchmark;
+    VOC21 equals the SAM 3 zero-shot-seg pipeline run by hand."""
+    sam3 = tiny_checkpoint("sam3", root=tiny_root)
+    suite = load_suite("ovseg", overrides={"set": ["datasets.*.num=1"], "data_root": str(data_root)})
+    report = Runner(suite, str(sam3), tmp_path / "sam3", batch_size=2).run()
+    res = {r["name"]: r for r in report["results"]}
+    assert all("error" not in r for r in res.values()), [r.get("error") for r in res.values()]
+    assert res["voc21"]["method"] == "sam3" and res["voc21"]["protocol"]["preset"] == "naclip-voc21"
+    assert len(res["voc21"]["per_class"]["names"]) == 21
+    from visionfm.data.datasets import build_dataset
+
+    s = build_dataset("voc21", suite.datasets["voc21"], root=suite.root)[0]
+    seg = vfm.pipeline("zero-shot-seg", model=str(sam3), device="cpu", preset="naclip-voc21")
+    metric = SegmentationMetric(21)
+    metric.update(seg(s["image"]).label_map, np.asarray(s["target"]))
+    assert res["voc21"]["metrics"]["mIoU"] == pytest.approx(metric.compute()["mIoU"], abs=1e-12)
+    bad = load_suite("ovseg", overrides={"set": ["datasets.*.num=1", "tasks.*.window=224"],
+                                         "data_root": str(data_root)})  # fmt: skip
+    with pytest.raises(ValueError, match=r"options \['window'\] are CLIP zero-shot-seg options"):
+        Runner(bad, str(sam3), tmp_path / "bad", batch_size=2).run()

@@ -239,6 +239,7 @@ def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     as background. Targets' 255 is ignored. On other datasets targets are label maps with 0 = background and the
     task's (or dataset's) class names for 1..K.
     """
+    from ..pipelines.seg_methods import seg_backends
     from ..pipelines.zero_shot_seg import ZeroShotSegPipeline
     from .metrics import SegmentationMetric
 
@@ -253,7 +254,14 @@ def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"task {task['name']}: give 'method' or 'preset', not both")
         preset = f"{task['method']}-{bench.name}"
     opts = {k: task[k] for k in SEG_OPTIONS if k in task}
-    seg = ZeroShotSegPipeline(runner.encoder, batch_size=runner.batch_size, preset=preset, **opts)
+    # a model family with its own zero-shot-seg backend (SAM 3) takes the same labels, presets and background
+    factory = seg_backends().get(runner.encoder.info.family, ZeroShotSegPipeline)
+    if factory is not ZeroShotSegPipeline:
+        clip_only = sorted(set(opts) - {"prob_thresh"})
+        if clip_only:
+            raise ValueError(f"task {task['name']}: options {clip_only} are CLIP zero-shot-seg options; the "
+                             f"{runner.encoder.info.family} backend takes labels, presets and prob_thresh only")  # fmt: skip
+    seg = factory(runner.encoder, batch_size=runner.batch_size, preset=preset, **opts)
     if bench is not None and preset is not None:
         if seg.preset.benchmark != bench.name:
             raise ValueError(f"task {task['name']}: preset {preset!r} is for {seg.preset.benchmark}, "
@@ -300,7 +308,8 @@ def segmentation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     }
     if bench is not None:
         result["benchmark"] = bench.name
-        result["method"] = seg.preset.method if seg.preset is not None else seg.mode
+        own_backend = factory is not ZeroShotSegPipeline  # SAM 3: the preset gave only its labels
+        result["method"] = seg.mode if own_backend or seg.preset is None else seg.preset.method
     return result
 
 

@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     generation,
     grounding,
     mask_generation,
+    sam3_concepts,
     seg_corrclip,
     seg_trident,
     zero_shot,

@@ -8,6 +8,11 @@ Two backends behind one call, ``gr(images, phrases=[...], threshold=0.1)``:
   the region.
 - **detector** (``model=`` an OWLv2, OWL-ViT or Grounding DINO checkpoint, through transformers): the detector's
   boxes and scores; OWLv2's square padding is undone so boxes are in original pixels.
+- **SAM 3** (``model=`` a SAM 3 checkpoint, e.g. ``"sam3"``): its concept prompts
+  (:func:`visionfm.pipelines.sam3_concepts.segment_concepts`): per phrase every instance with box, mask and score,
+  and the phrase's presence score (``GroundingResult.presence``). M images x N phrases cost one vision pass per image
+  and one text pass per phrase set (cached). Its instances come from a set predictor, so no NMS is applied and
+  ``refine=`` is refused (the masks are SAM 3's own).
 
 With ``refine=`` a SAM model, each box becomes a SAM box prompt and its mask; scores are multiplied by SAM's
 predicted mask IoU (mask-quality rescoring). Then per-phrase NMS and the score ``threshold``. Boxes are xyxy in
@@ -48,6 +53,7 @@ class GroundingResult:
         phrases: the queried phrases.
         masks: bool ``[M, H, W]`` at the original size (training-free regions, or SAM masks), or ``None``.
         protocol: the settings that produced the result.
+        presence: float ``[N]`` in [0, 1], each phrase's presence score (SAM 3 backend only; else ``None``).
     """
 
     boxes: torch.Tensor
@@ -56,6 +62,7 @@ class GroundingResult:
     phrases: list[str]
     masks: torch.Tensor | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
+    presence: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -155,9 +162,17 @@ class GroundingPipeline(Pipeline):
         **seg_options: Any,
     ) -> None:
         if (encoder is None) == (detector is None):
-            raise ValueError("grounding needs either a CLIP encoder or a detector")
+            raise ValueError("grounding needs either a CLIP encoder, a SAM 3 encoder or a detector")
         self.detector = detector
         self.seg = None
+        self.concepts = encoder if encoder is not None and encoder.info.family == "sam3" else None
+        if self.concepts is not None:
+            if refine is not None or seg_options:
+                given = (["refine"] if refine is not None else []) + sorted(seg_options)
+                raise ValueError(f"options {given} do not apply to SAM 3 grounding (its masks are its own)")
+            super().__init__(encoder, batch_size=batch_size)
+            self.min_area, self.nms_thresh, self.sam = 0.0, float(nms_thresh), None
+            return
         items = list(refine) if isinstance(refine, (list, tuple)) else ([] if refine is None else [refine])
         if "pamr" in items:  # PAMR refines the dense scores (training-free backend); SAM refines boxes to masks
             if encoder is None:
@@ -195,6 +210,8 @@ class GroundingPipeline(Pipeline):
 
     @property
     def _device(self) -> torch.device:
+        if self.concepts is not None:
+            return self.concepts.device
         return self.seg.encoder.device if self.seg is not None else torch.device(self.detector.model.device)
 
     @classmethod
@@ -226,6 +243,8 @@ class GroundingPipeline(Pipeline):
     @property
     def protocol(self) -> dict[str, Any]:
         """The settings every result records."""
+        if self.concepts is not None:
+            return {"backend": "sam3", "model": self.concepts.info.name, "nms_thresh": None, "refine": None}
         p: dict[str, Any] = {"nms_thresh": self.nms_thresh}
         if self.seg is not None:
             p.update(backend="training-free", min_area=self.min_area, **self.seg.protocol)
@@ -239,9 +258,10 @@ class GroundingPipeline(Pipeline):
         images: list[Any],
         phrases: Sequence[str] | None = None,
         *,
-        threshold: float = 0.1,
+        threshold: float | None = None,
         text_threshold: float | None = None,
         cos_thresh: float | None = None,
+        mask_threshold: float | None = None,
     ) -> list[GroundingResult]:
         from torchvision.ops import batched_nms
 
@@ -251,6 +271,12 @@ class GroundingPipeline(Pipeline):
             raise ValueError("grounding needs phrases=[...], the things to find (one string is one phrase)")
         phrases = check_labels(phrases, "phrases")
         pixels = [to_uint8_chw(im, name=f"images[{i}]") for i, im in enumerate(images)]
+        if self.concepts is not None:  # Sam3Processor's default threshold, 0.3; the other backends' 0.1
+            th = 0.3 if threshold is None else float(threshold)
+            return self._sam3(pixels, phrases, th, text_threshold, cos_thresh, mask_threshold)
+        threshold = 0.1 if threshold is None else float(threshold)
+        if mask_threshold is not None:
+            raise ValueError("mask_threshold applies to the SAM 3 backend")
         if self.seg is not None:
             from .zero_shot_seg import _parse_labels
 
@@ -286,6 +312,23 @@ class GroundingPipeline(Pipeline):
                 )
             )  # fmt: skip
         return results
+
+    def _sam3(self, pixels: list[torch.Tensor], phrases: list[str], threshold: float, text_threshold: float | None,
+              cos_thresh: float | None, mask_threshold: float | None) -> list[GroundingResult]:  # fmt: skip
+        """SAM 3 concept prompts: instances over ``threshold`` (``Sam3Processor``'s rule), no NMS."""
+        from .sam3_concepts import segment_concepts
+
+        if text_threshold is not None or cos_thresh is not None:
+            raise ValueError("text_threshold / cos_thresh do not apply to SAM 3 grounding (one score threshold)")
+        mt = 0.5 if mask_threshold is None else float(mask_threshold)
+        res = segment_concepts(self.concepts, pixels, phrases, threshold=threshold, mask_threshold=mt,
+                               batch_size=self.batch_size)  # fmt: skip
+        proto = dict(self.protocol, threshold=threshold, mask_threshold=mt)
+        return [
+            GroundingResult(boxes=r.boxes, scores=r.scores, labels=r.labels, phrases=list(phrases), masks=r.masks,
+                            protocol=dict(proto), presence=r.presence)  # fmt: skip
+            for r in res
+        ]
 
     def _refuse_truncated(self, phrases: list[str]) -> None:
         """OWL-ViT / OWLv2 read each phrase alone, cut to the text tower's length: refuse longer ones. (Grounding

@@ -360,6 +360,7 @@ def sam3_semantic(
     batch_size: int = 4,
     phrase_batch: int = 16,
     progress: bool | None = None,
+    check_shared: bool = True,
 ) -> SegResult | list[SegResult]:
     """A semantic label map from SAM 3: its semantic head fused with its instance masks, weighted by presence.
 
@@ -416,6 +417,9 @@ def sam3_semantic(
         batch_size: images per vision-backbone pass.
         phrase_batch: texts per pass of the detector and mask heads.
         progress: show a progress bar; default: when there is more than one image or text batch.
+        check_shared: refuse a text that names two classes (or a class and a background word). A zero-shot-seg
+            preset's own lists are taken as the reference lists them (COCO-Object's background words include its
+            class "bed"), as the CLIP pipeline does.
 
     Returns:
         One :class:`~visionfm.pipelines.zero_shot_seg.SegResult` per image (one result for one image): ``label_map``
@@ -430,11 +434,11 @@ def sam3_semantic(
         raise ValueError("sam3_semantic needs instances=True or semantic=True (there is nothing to fuse otherwise)")
     by_threshold = p_th > 0
     bg_names = _background_names(background, by_threshold)
-    names, texts = _parse_labels(labels, synonyms)
+    names, texts = _parse_labels(labels, synonyms, check_shared=check_shared)
     use_bg = bool(background) or by_threshold
     if use_bg and any(" ".join(n.lower().split()) == BACKGROUND for n in names):
         raise ValueError("'background' is a reserved label when background is on; drop it from labels")
-    if bg_names:
+    if bg_names and check_shared:
         _check_shared_texts([BACKGROUND, *names], [bg_names, *texts])
     class_texts = ([bg_names] if bg_names else []) + texts
     out_labels = ([BACKGROUND] if use_bg else []) + names
@@ -584,6 +588,9 @@ def segment_everything(
         batch_size: images per vision-backbone pass.
         phrase_batch: texts per pass of the detector and mask heads.
         progress: show a progress bar; default: when there is more than one image or text batch.
+        check_shared: refuse a text that names two classes (or a class and a background word). A zero-shot-seg
+            preset's own lists are taken as the reference lists them (COCO-Object's background words include its
+            class "bed"), as the CLIP pipeline does.
 
     Returns:
         One :class:`ConceptResult` per image (one result for one image) whose ``phrases`` are the class names and
@@ -624,3 +631,103 @@ def segment_everything(
             )
         )  # fmt: skip
     return results[0] if single else results
+
+
+class Sam3SegPipeline(Pipeline):
+    """``pipeline("zero-shot-seg", model=<a SAM 3 checkpoint>)``: :func:`sam3_semantic` behind zero-shot-seg's call.
+
+    Takes what the CLIP pipeline takes for the classes: ``labels`` (``"a; b"`` gives synonyms), ``synonyms=``,
+    ``background=`` and a ``preset`` (its class names and background words; the preset's CLIP protocol — windows,
+    templates, logit scale, thresholds — does not apply to SAM 3 and is left out). Returns the same
+    :class:`~visionfm.pipelines.zero_shot_seg.SegResult`.
+
+    Args:
+        encoder: a SAM 3 encoder (family ``sam3``).
+        batch_size: images per vision-backbone pass.
+        preset: a zero-shot-seg preset name (``"sclip-voc21"``, ...): its labels and background words.
+        prob_thresh: fused scores under this become background (class 0); needs background.
+        confidence_threshold: instances under this score take no part in the fusion (SegEarth-OV3's 0.5).
+        instances / semantic / presence: which of SAM 3's outputs the fusion uses (all, as SegEarth-OV3).
+        phrase_batch: texts per pass of the DETR and mask heads.
+    """
+
+    task = "zero-shot-seg"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        batch_size: int = 4,
+        preset: str | None = None,
+        prob_thresh: float = 0.0,
+        confidence_threshold: float = 0.5,
+        instances: bool = True,
+        semantic: bool = True,
+        presence: bool = True,
+        phrase_batch: int = 16,
+    ) -> None:
+        if encoder.info.family != "sam3":
+            raise TypeError(f"Sam3SegPipeline needs a SAM 3 encoder, got family {encoder.info.family!r}")
+        super().__init__(encoder, batch_size=batch_size)
+        self.preset = None
+        if preset is not None:
+            from .seg_presets import get_preset
+
+            self.preset = get_preset(preset)
+            logger.info("zero-shot-seg preset %s on SAM 3: its labels and background words only", preset)
+        self.prob_thresh = _unit_range("prob_thresh", prob_thresh, 0.0, 1.0)
+        self.options = dict(
+            confidence_threshold=confidence_threshold, instances=instances, semantic=semantic, presence=presence,
+            phrase_batch=phrase_batch,
+        )  # fmt: skip
+
+    #: what results and eval reports record as the method
+    mode = "sam3"
+
+    def __repr__(self) -> str:
+        return f"Sam3SegPipeline(model={self.encoder.info.name!r}, batch_size={self.batch_size})"
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """The settings every result records."""
+        return {
+            "model": self.encoder.info.name, "mode": self.mode, "fusion": "SegEarth-OV3",
+            "preset": self.preset.name if self.preset is not None else None, "prob_thresh": self.prob_thresh,
+            **self.options,
+        }  # fmt: skip
+
+    def _run(
+        self,
+        images: list[Any],
+        labels: Sequence[str] | None = None,
+        *,
+        background: bool | str | Sequence[str] | None = None,
+        synonyms: Mapping[str, str | Sequence[str]] | None = None,
+        prob_thresh: float | None = None,
+    ) -> list[SegResult]:
+        from_preset = labels is None and self.preset is not None
+        if labels is None:
+            if self.preset is None:
+                raise ValueError("zero-shot-seg needs labels=[...] (class names; 'a; b' gives synonyms)")
+            labels = list(self.preset.labels)
+            if background is None and self.preset.background:
+                background = list(self.preset.background)
+        out = sam3_semantic(
+            self.encoder, list(images), labels, synonyms=synonyms, background=False if background is None else background,
+            prob_thresh=self.prob_thresh if prob_thresh is None else prob_thresh, batch_size=self.batch_size,
+            check_shared=not from_preset, **self.options,
+        )  # fmt: skip
+        for r in out:
+            if self.preset is not None:
+                r.protocol["preset"] = self.preset.name
+        return out
+
+
+def _register() -> None:
+    from .seg_methods import register_seg_backend, seg_backends
+
+    if "sam3" not in seg_backends():
+        register_seg_backend("sam3", Sam3SegPipeline)
+
+
+_register()

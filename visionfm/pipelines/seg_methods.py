@@ -7,6 +7,10 @@ method_options={...})`` then calls its ``scores`` in place of the sliding-window
 the shared softmax / threshold step. Everything else (rescale, text embeddings, resize to the original size, softmax
 over all texts, best synonym per class, thresholds) stays the pipeline's. A leaf module: it imports nothing from
 visionfm, and method modules register themselves when :mod:`visionfm.pipelines` is imported.
+
+A model that is not a CLIP at all (SAM 3's concept prompts) registers a *backend* for its encoder family instead
+(:func:`register_seg_backend`): ``pipeline("zero-shot-seg", model=<such a model>)`` then returns the backend's pipeline,
+which takes the same ``labels`` / ``synonyms`` / ``background`` / ``preset`` and returns the same ``SegResult``.
 """
 
 from __future__ import annotations
@@ -58,3 +62,19 @@ def register_seg_method(method: SegMethod) -> SegMethod:
 def seg_methods() -> dict[str, SegMethod]:
     """The registered methods by name."""
     return dict(_METHODS)
+
+
+_BACKENDS: dict[str, Callable[..., Any]] = {}
+
+
+def register_seg_backend(family: str, factory: Callable[..., Any]) -> None:
+    """Make ``pipeline("zero-shot-seg", model=m)`` return ``factory(encoder, batch_size=..., **options)`` when ``m``
+    loads as an encoder of ``family``; a family registered twice raises."""
+    if family in _BACKENDS:
+        raise ValueError(f"a zero-shot-seg backend for family {family!r} is already registered")
+    _BACKENDS[family] = factory
+
+
+def seg_backends() -> dict[str, Callable[..., Any]]:
+    """The registered zero-shot-seg backends by encoder family."""
+    return dict(_BACKENDS)

@@ -41,8 +41,8 @@ from ..foundation.dense import DENSE_MODES, POS_INTERPOLATIONS, check_mode, dens
 from ..foundation.encoder import Encoder
 from ..foundation.zero_shot import Templates, check_labels, duplicate_groups, text_classifier
 from ..foundation.zero_shot import templates_key as _templates_key
-from .base import Pipeline, register_pipeline
-from .seg_methods import seg_methods
+from .base import _LOAD_OPTIONS, Pipeline, register_pipeline
+from .seg_methods import seg_backends, seg_methods
 from .seg_protocol import (
     class_probs,
     classify,
@@ -263,6 +263,28 @@ class ZeroShotSegPipeline(Pipeline):
     """
 
     default_model = "clip-vit-b-16"
+
+    @classmethod
+    def build(
+        cls,
+        model: str | Encoder,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 16,
+        **kwargs: Any,
+    ) -> Pipeline:
+        """Load ``model``; an encoder family with its own zero-shot-seg backend (SAM 3: :func:`visionfm.pipelines.
+        seg_methods.register_seg_backend`) gets that backend's pipeline, every other model this CLIP pipeline."""
+        if not isinstance(model, Encoder):
+            from ..foundation.loading import load_encoder
+
+            load_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOAD_OPTIONS}
+            model = load_encoder(model, device=device, dtype=dtype, **load_kw)
+        backend = seg_backends().get(model.info.family)
+        if backend is not None:
+            return backend(model, batch_size=batch_size, **kwargs)
+        return cls(model, batch_size=batch_size, **kwargs)
 
     def __init__(
         self,
