@@ -447,3 +447,10 @@ def test_bad_options_are_refused(encoders, opts, err):
 def test_unknown_option_is_refused(encoders):
     with pytest.raises(ValueError, match="unknown method_options"):
         vfm.pipeline("zero-shot-seg", model=encoders[0], mode="trident", method_options={"window": 336})
+
+
+def test_a_sam2_encoder_is_refused_by_name(tiny_root):
+    """SAM 2 / EdgeTAM share the sam family but not SAM 1's ViT, whose last-block attention Trident reads."""
+    sam2 = vfm.load_encoder(tiny_checkpoint("sam2", root=tiny_root), device="cpu")
+    with pytest.raises(TypeError, match=r"trident's sam must be a SAM 1 encoder .*got Sam2Encoder"):
+        T._resolve(None, sam2, ("sam",), "sam")

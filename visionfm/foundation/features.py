@@ -26,8 +26,8 @@ class Features:
         registers: ``[B, R, C]`` register tokens (DINOv2 with registers), else ``None``.
         layers: requested intermediate taps, ``{block_index: [B, h_l, w_l, C_l]}`` raw block outputs
             (before any final norm); block indices are 0-based and normalised to non-negative values.
-            Transformers tap on the patch grid (``h_l, w_l == grid``); CNN towers (open_clip's ResNet) tap
-            each stage on its own, finer grid.
+            Transformers tap on the patch grid (``h_l, w_l == grid``); CNN towers (open_clip's ResNet) and
+            hierarchical backbones (SAM 2's Hiera, EdgeTAM's RepViT) tap each stage on its own grid.
     """
 
     pooled: torch.Tensor

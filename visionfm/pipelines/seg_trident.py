@@ -238,6 +238,14 @@ def _resolve(pipeline: Any, value: Any, families: tuple[str, ...], role: str) ->
         enc = cache[value]
     if enc.info.family not in families:
         raise TypeError(f"trident's {role} must be a {' or '.join(families)} encoder, got family {enc.info.family!r}")
+    if role == "sam":
+        from ..foundation.sam import SamEncoder
+
+        if not isinstance(enc, SamEncoder):  # SAM 2 / EdgeTAM are in the sam family but have no ViT last block
+            raise TypeError(
+                f"trident's sam must be a SAM 1 encoder (Trident reads the attention of its last ViT block), got "
+                f"{type(enc).__name__} {enc.info.name!r}"
+            )
     return enc
 
 
