@@ -109,9 +109,20 @@ def test_production_modules_hold_no_tiny_writer():
 
 def test_every_family_declares_its_format_and_kind():
     fams = visionfm.foundation.registry.families()
-    assert {"aimv2", "clip", "dino", "dinov2", "dinov3", "radio", "sam", "sam3", "dit", "pixart", "student", "detector"} <= set(
-        fams
-    )
+    assert {
+        "aimv2",
+        "clip",
+        "dino",
+        "dinov2",
+        "dinov3",
+        "radio",
+        "sam",
+        "sam3",
+        "dit",
+        "pixart",
+        "student",
+        "detector",
+    } <= set(fams)
     for f in fams.values():
         assert f.formats, f.name
         assert f.kind in ("encoder", "detector"), f.name

@@ -325,8 +325,15 @@ class GroundingPipeline(Pipeline):
                                batch_size=self.batch_size)  # fmt: skip
         proto = dict(self.protocol, threshold=threshold, mask_threshold=mt)
         return [
-            GroundingResult(boxes=r.boxes, scores=r.scores, labels=r.labels, phrases=list(phrases), masks=r.masks,
-                            protocol=dict(proto), presence=r.presence)  # fmt: skip
+            GroundingResult(
+                boxes=r.boxes,
+                scores=r.scores,
+                labels=r.labels,
+                phrases=list(phrases),
+                masks=r.masks,
+                protocol=dict(proto),
+                presence=r.presence,
+            )  # fmt: skip
             for r in res
         ]
 
