@@ -74,8 +74,9 @@ def test_regions_match_the_zero_shot_seg_label_map(clip, photos):
         assert torch.equal(union, s.label_map == k + 1), phrase
 
 
-def test_sam_refinement_prompts_sam_with_the_boxes(clip, tiny_root, photos):
-    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint("sam", root=tiny_root)), device="cpu")
+@pytest.mark.parametrize("sam_kind", ["sam", "sam2", "edgetam"])  # SAM 2 / EdgeTAM as refine= (issue 19)
+def test_sam_refinement_prompts_sam_with_the_boxes(clip, tiny_root, photos, sam_kind):
+    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint(sam_kind, root=tiny_root)), device="cpu")
     plain = vfm.pipeline("grounding", model=clip, templates="single", nms_thresh=1.0)
     refined = vfm.pipeline("grounding", model=clip, templates="single", nms_thresh=1.0, refine=sam)
     img = photos[1]

@@ -193,9 +193,10 @@ def test_refinement_and_proxy_run(clip, tiny_root, photos):
         )
 
 
-def test_sam_auto_refinement_gives_each_mask_one_label(clip, tiny_root, photos):
+@pytest.mark.parametrize("sam_kind", ["sam", "sam2"])  # SAM 2 as refine= (issue 19)
+def test_sam_auto_refinement_gives_each_mask_one_label(clip, tiny_root, photos, sam_kind):
     seg = vfm.pipeline("zero-shot-seg", model=clip, mode="maskclip", templates="single")
-    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint("sam", root=tiny_root)), device="cpu")
+    sam = vfm.pipeline("mask-generation", model=str(tiny_checkpoint(sam_kind, root=tiny_root)), device="cpu")
     probs = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0)).softmax(0)
     pixels = torch.from_numpy(photos[1]).permute(2, 0, 1)
     opts = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)  # a random tiny SAM passes no default filter
