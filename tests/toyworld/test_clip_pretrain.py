@@ -89,3 +89,52 @@ def test_two_processes_train_bit_identical_weights(tmp_path):
         losses.append([json.loads(r)["loss"] for r in (out / "metrics.jsonl").read_text().splitlines()])
     assert len(losses[0]) == 4 and losses[0] == losses[1]
     assert digests[0] == digests[1]
+
+
+def test_hard_negatives_are_false_one_edit_captions_without_held_out_pairs():
+    import numpy as np
+
+    from visionfm.toyworld.clip_pretrain import hard_negative
+    from visionfm.toyworld.world import HELDOUT_PAIRS, ToyWorld, parse_caption
+
+    world = ToyWorld("train", 200, min_objects=1, max_objects=3, seed=4)
+    held = {f"{c} {s}" for c, s in HELDOUT_PAIRS}
+    rng = np.random.default_rng(0)
+    n, swaps, false, with_pairs = 0, 0, 0, 0
+    for k in range(len(world)):
+        scene = world[k]
+        true_pairs = {f"{o.colour} {o.shape}" for o in scene.objects}
+        for cap in scene.captions:
+            neg = hard_negative(cap, rng)
+            if neg is None:
+                continue
+            n += 1
+            a, b = cap.split(" "), neg.split(" ")
+            assert neg != cap and len(a) == len(b)
+            changed = [i for i in range(len(a)) if a[i] != b[i] and a[i].strip(",:") not in ("a", "an")]
+            assert 1 <= len(changed) <= 2, (cap, neg)
+            swaps += len(changed) == 2
+            pairs = set(parse_caption(neg)["pairs"])
+            assert not pairs & held, (cap, neg)
+            if parse_caption(cap)["pairs"]:
+                assert parse_caption(neg)["pairs"] != parse_caption(cap)["pairs"], (cap, neg)
+                false += not pairs <= true_pairs  # false of the scene (unless another object has the new pair)
+                with_pairs += 1
+            words = neg.replace(",", " ").replace(":", " ").split()
+            for art, nxt in zip(words, words[1:]):
+                if art in ("a", "an"):
+                    assert (art == "an") == (nxt[0] in "aeiou"), neg
+    assert n > 500 and swaps > 20  # most captions get a negative, and multi-object ones get binding swaps
+    assert false >= 0.9 * with_pairs
+
+
+def test_hard_negative_training_runs_and_logs_a_finite_loss(tmp_path):
+    import json
+
+    out = tmp_path / "neg"
+    assert (
+        main(["train", "recipes/toyworld_clip.yaml", *TINY, "data.hard_negatives=true", f"train.output_dir={out}"]) == 0
+    )
+    last = json.loads((out / "train_summary.json").read_text())["last_metrics"]
+    assert torch.isfinite(torch.tensor(last["loss"])) and last["loss"] > 0
+    assert vfm.load_encoder(out, device="cpu").encode_text(["a red circle"]).shape[-1] == 32

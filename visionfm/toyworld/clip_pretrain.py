@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..foundation.clip import OPENAI_MEAN, OPENAI_STD
@@ -25,6 +26,59 @@ logger = logging.getLogger(__name__)
 
 
 _GREY_TEMPLATES = ("a {}", "a photo of {}", "a black and white photo of {}", "{}")
+
+
+def _fix_articles(words: list[str]) -> list[str]:
+    """``a`` / ``an`` agreeing with the next word, after a word was replaced."""
+    out = list(words)
+    for i in range(len(out) - 1):
+        if out[i] in ("a", "an"):
+            out[i] = "an" if out[i + 1][:1] in "aeiou" else "a"
+    return out
+
+
+def hard_negative(caption: str, rng: np.random.Generator) -> str | None:
+    """A false caption one edit away from ``caption`` (NegCLIP's hard negatives, Yuksekgonul et al., ICLR 2023):
+    two objects' colours swapped (attribute binding) when the caption names two differently coloured shapes, else
+    one colour or one shape word replaced. Only seen (colour, shape) pairs are ever written, so a negative never
+    names a held-out composition. ``None`` when no edit applies.
+    """
+    from .world import COLOURS, SEEN_PAIRS, SHAPES
+
+    words = caption.split(" ")
+    bare = [w.strip(",:") for w in words]
+    mentions = [i for i in range(len(bare) - 1) if bare[i] in COLOURS and bare[i + 1] in SHAPES]
+
+    def put(i: int, new: str) -> None:
+        words[i] = new + words[i][len(bare[i]) :]  # keep trailing punctuation
+
+    if len(mentions) >= 2 and rng.random() < 0.5:
+        i, j = (int(k) for k in rng.choice(mentions, 2, replace=False))
+        ci, cj, si, sj = bare[i], bare[j], bare[i + 1], bare[j + 1]
+        if ci != cj and (cj, si) in SEEN_PAIRS and (ci, sj) in SEEN_PAIRS:
+            put(i, cj), put(j, ci)
+            return " ".join(_fix_articles(words))
+    if mentions:
+        i = int(rng.choice(mentions))
+        colour, shape = bare[i], bare[i + 1]
+        if rng.random() < 0.5:
+            options = [c for c in COLOURS if c != colour and (c, shape) in SEEN_PAIRS]
+            put(i, str(rng.choice(options)))
+        else:
+            options = [s for s in SHAPES if s != shape and (colour, s) in SEEN_PAIRS]
+            put(i + 1, str(rng.choice(options)))
+        return " ".join(_fix_articles(words))
+    shape_at = [i for i, w in enumerate(bare) if w in SHAPES]
+    colour_at = [i for i, w in enumerate(bare) if w in COLOURS]
+    if shape_at:
+        i = int(rng.choice(shape_at))
+        put(i, str(rng.choice([s for s in SHAPES if s != bare[i]])))
+    elif colour_at:
+        i = int(rng.choice(colour_at))
+        put(i, str(rng.choice([c for c in COLOURS if c != bare[i]])))
+    else:
+        return None
+    return " ".join(_fix_articles(words))
 
 
 def _shapes_phrase(shapes: list[str]) -> str:
@@ -42,12 +96,19 @@ class ToyCaptionDataset(Dataset):
     """
 
     def __init__(
-        self, world: Any, tokenizer: Any, preprocess: PreprocessConfig, seed: int = 0, grayscale_prob: float = 0.0
+        self,
+        world: Any,
+        tokenizer: Any,
+        preprocess: PreprocessConfig,
+        seed: int = 0,
+        grayscale_prob: float = 0.0,
+        hard_negatives: bool = False,
     ) -> None:
         if not 0.0 <= grayscale_prob <= 1.0:
             raise ValueError(f"data.grayscale_prob must be in [0, 1], got {grayscale_prob}")
         self.world, self.tokenizer, self.pp, self.seed = world, tokenizer, preprocess, seed
         self.grayscale_prob = grayscale_prob
+        self.hard_negatives = bool(hard_negatives)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,7 +131,11 @@ class ToyCaptionDataset(Dataset):
             caption = _GREY_TEMPLATES[int(rng.integers(len(_GREY_TEMPLATES)))].format(phrase)
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
         pixels, _ = preprocess_uint8([img], self.pp)
-        return pixels[0], self.tokenizer([caption])[0]
+        if not self.hard_negatives:
+            return pixels[0], self.tokenizer([caption])[0]
+        negative = hard_negative(caption, rng)
+        tokens = self.tokenizer([caption, negative or caption])
+        return pixels[0], tokens[0], tokens[1], torch.tensor(negative is not None)
 
 
 def _open_clip_preprocess_cfg(image_size: int) -> dict[str, Any]:
@@ -94,6 +159,7 @@ def run(recipe: dict[str, Any]) -> Path:
     model_cfg = dict(recipe["model"])
     data_cfg = dict(recipe.get("data", {}))
     grayscale_prob = float(data_cfg.pop("grayscale_prob", 0.0))
+    hard_negatives = bool(data_cfg.pop("hard_negatives", False))
     if data_cfg.pop("source", "toyworld") != "toyworld":
         raise ValueError("clip_pretrain supports data.source: toyworld")
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
@@ -111,14 +177,26 @@ def run(recipe: dict[str, Any]) -> Path:
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     world = ToyWorld(**data_cfg)
     dataset = ToyCaptionDataset(
-        world, tokenizer, PreprocessConfig.from_open_clip(pp_cfg), seed=train_cfg.seed, grayscale_prob=grayscale_prob
-    )
+        world, tokenizer, PreprocessConfig.from_open_clip(pp_cfg), seed=train_cfg.seed, grayscale_prob=grayscale_prob,
+        hard_negatives=hard_negatives,
+    )  # fmt: skip
     clip_loss = ClipLoss()
 
-    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        images, texts = batch
-        img, txt, scale = m(images, texts)
-        loss = clip_loss(img.float(), txt.float(), scale.float())
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+        if len(batch) == 2:
+            images, texts = batch
+            img, txt, scale = m(images, texts)
+            loss = clip_loss(img.float(), txt.float(), scale.float())
+        else:  # NegCLIP: each image also scores every hard negative caption; texts score only the images
+            images, texts, negatives, valid = batch
+            n = len(images)
+            img, both, scale = m(images, torch.cat([texts, negatives]))
+            img, both, scale = img.float(), both.float(), scale.float()
+            txt = both[:n]
+            no_negative = torch.cat([torch.zeros_like(valid, dtype=torch.bool), ~valid.bool()])  # no edit applied
+            i2t = (scale * img @ both.t()).masked_fill(no_negative[None, :], float("-inf"))
+            target = torch.arange(n, device=img.device)
+            loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(scale * txt @ img.t(), target))
         with torch.no_grad():
             acc = (img @ txt.t()).argmax(-1).eq(torch.arange(len(img), device=img.device)).float().mean()
         return loss, {"i2t_acc": float(acc), "logit_scale": float(scale.detach())}
