@@ -37,11 +37,14 @@ def test_prompts_point_into_their_object_or_the_background():
     assert torch.equal(again["points"], ds[3]["points"])  # deterministic in (seed, index, epoch)
 
 
-def test_recipe_writes_a_sam_checkpoint_every_sam_path_loads(tmp_path, photos):
+@pytest.mark.parametrize("patch", [4, 8])  # patch 8: 32 x 32 low-resolution masks, resized to the image for the loss
+def test_recipe_writes_a_sam_checkpoint_every_sam_path_loads(tmp_path, photos, patch):
     from transformers import SamModel, SamProcessor
 
     out = tmp_path / "sam"
-    assert main(["train", "recipes/toyworld_sam.yaml", *TINY, f"train.output_dir={out}"]) == 0
+    assert main(["train", "recipes/toyworld_sam.yaml", *TINY, f"model.patch_size={patch}", "model.window=4",
+                 f"train.output_dir={out}"]) == 0  # fmt: skip
+    assert SamModel.from_pretrained(out).config.vision_config.patch_size == patch
     enc = vfm.load_encoder(out, device="cpu")
     assert enc.info.family == "sam" and enc.info.image_size == (64, 64)
     ref, proc = SamModel.from_pretrained(out).eval(), SamProcessor.from_pretrained(out)

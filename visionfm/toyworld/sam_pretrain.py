@@ -10,7 +10,7 @@ appendix A): every image gets prompts on its objects, each either a point inside
 box (jittered by a few pixels). A point is ambiguous, so point prompts train the three multimask outputs with only
 the best of them taking the mask loss; the single-mask output is trained on points and boxes. The mask loss is
 binary cross-entropy plus dice on the low-resolution logits (at 4x the embedding grid, which is the image size
-here), and the IoU head regresses each output's IoU with its target. Points on the background are trained towards
+at patch 4; resized bilinearly to the image otherwise), and the IoU head regresses each output's IoU with its target. Points on the background are trained towards
 an empty mask with target IoU 0, so that automatic mask generation (a point grid filtered by predicted IoU) drops
 them.
 """
@@ -103,6 +103,16 @@ def _mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
+def _to_image(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Low-resolution mask logits ``[..., h, w]`` resized bilinearly to the image ``size`` (as the pipeline does at
+    inference); unchanged when they are already that size (patch 4 at 64 px)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    lead = logits.shape[:-2]
+    out = F.interpolate(logits.reshape(-1, 1, *logits.shape[-2:]), size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
+
+
 def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """IoU of ``logits > 0`` with ``target`` (0 when the target is empty)."""
     pred, t = logits > 0, target.bool()
@@ -164,17 +174,18 @@ def run(recipe: dict[str, Any]) -> Path:
         pts, pm = batch["points"], batch["point_masks"]
         labels = torch.ones(pts.shape[:2], dtype=torch.long, device=pts.device)[..., None]
         multi = m(image_embeddings=emb, input_points=pts[:, :, None], input_labels=labels, multimask_output=True)
-        logits = multi.pred_masks  # [B, P, 3, s, s]
+        size = tuple(pm.shape[-2:])
+        logits = _to_image(multi.pred_masks, size)  # [B, P, 3, S, S]
         target = pm[:, :, None].expand_as(logits)
         per = _mask_loss(logits, target)  # [B, P, 3]
         best = per.min(-1).values  # SAM: only the best of the three candidates takes the mask loss
         iou_loss = F.mse_loss(multi.iou_scores, _iou(logits.detach(), target))
         single = m(image_embeddings=emb, input_points=pts[:, :, None], input_labels=labels, multimask_output=False)
-        s_logits = single.pred_masks[:, :, 0]
+        s_logits = _to_image(single.pred_masks[:, :, 0], size)
         s_loss = _mask_loss(s_logits, pm)
         iou_loss = iou_loss + F.mse_loss(single.iou_scores[:, :, 0], _iou(s_logits.detach(), pm))
         box = m(image_embeddings=emb, input_boxes=batch["boxes"], multimask_output=False)
-        b_logits = box.pred_masks[:, :, 0]
+        b_logits = _to_image(box.pred_masks[:, :, 0], size)
         b_loss = _mask_loss(b_logits, batch["box_masks"])
         iou_loss = iou_loss + F.mse_loss(box.iou_scores[:, :, 0], _iou(b_logits.detach(), batch["box_masks"]))
         loss = best.mean() + s_loss.mean() + b_loss.mean() + iou_loss
