@@ -100,7 +100,7 @@ def test_timm_aliases_point_at_real_open_clip_tags():
 # ---------------------------------------------------------------------------------------------------
 # dense modes on timm towers, against timm's own forward with the last attention's output swapped
 # ---------------------------------------------------------------------------------------------------
-TOWERS = ("siglip2-map", "pe-core-rope", "vit-cls-qknorm")
+TOWERS = ("siglip2-map", "pe-core-rope", "vit-cls-qknorm", "conv-stem-vit")
 
 
 def _timm_encoder(tiny_root, tower: str):
@@ -117,6 +117,12 @@ def _timm_encoder(tiny_root, tower: str):
         enc.model.visual.trunk = timm.create_model("test_vit", num_classes=0, img_size=160, embed_dim=96,
                                                    num_heads=3, depth=3, global_pool="token",
                                                    qk_norm=True).eval()  # fmt: skip
+    elif tower == "conv-stem-vit":  # visionfm's own toy tower: conv stem, no class token, average pooling
+        from visionfm.foundation.clip.towers import register
+
+        register()
+        enc.model.visual.trunk = timm.create_model("visionfm_conv_stem_vit", img_size=160, patch_size=16,
+                                                   embed_dim=96, depth=3, num_heads=3).eval()  # fmt: skip
     trunk = enc.model.visual.trunk
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():

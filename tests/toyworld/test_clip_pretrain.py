@@ -138,3 +138,36 @@ def test_hard_negative_training_runs_and_logs_a_finite_loss(tmp_path):
     last = json.loads((out / "train_summary.json").read_text())["last_metrics"]
     assert torch.isfinite(torch.tensor(last["loss"])) and last["loss"] > 0
     assert vfm.load_encoder(out, device="cpu").encode_text(["a red circle"]).shape[-1] == 32
+
+
+def test_background_captions_name_the_background_tone_truly():
+    import numpy as np
+
+    from visionfm.foundation.preprocess import PreprocessConfig
+    from visionfm.toyworld.clip_pretrain import ToyCaptionDataset, background_tone
+    from visionfm.toyworld.world import ToyWorld
+
+    seen: list[str] = []
+
+    def tokenizer(caps):
+        seen.extend(caps)
+        return torch.zeros(len(caps), 4, dtype=torch.long)
+
+    pp = PreprocessConfig(resize="none", resize_size=None, crop_size=None, mean=(0.0,) * 3, std=(1.0,) * 3, rescale=1.0)
+    world = ToyWorld("train", 60, max_objects=2, seed=3)
+    ds = ToyCaptionDataset(world, tokenizer, pp, background_prob=0.5)
+    tones = []
+    for i in range(len(world)):
+        ds[i]
+        scene, cap = world[i], seen[-1]
+        if cap.endswith(" grey background"):
+            tone = cap.split(" ")[-3]
+            level = scene.image[scene.instance == 0].astype(np.float32).mean()
+            assert tone == background_tone(scene) == ("dark" if level < 128 else "light")
+            assert cap.removesuffix(f" on a {tone} grey background") in scene.captions
+            tones.append(tone)
+        else:
+            assert cap in scene.captions
+    assert 15 <= len(tones) <= 45 and set(tones) == {"dark", "light"}  # about half, both tones occur
+    with pytest.raises(ValueError, match="background_prob"):
+        ToyCaptionDataset(world, tokenizer, pp, background_prob=1.5)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..foundation.clip import OPENAI_MEAN, OPENAI_STD
+from ..foundation.clip.towers import ensure_registered
 from ..foundation.preprocess import PreprocessConfig, preprocess_uint8
 from ..training.loop import TrainConfig, Trainer
 from .world import ToyWorld
@@ -81,6 +82,12 @@ def hard_negative(caption: str, rng: np.random.Generator) -> str | None:
     return " ".join(_fix_articles(words))
 
 
+def background_tone(scene: Any) -> str:
+    """``"dark"`` or ``"light"``: the mean grey level of ``scene``'s background pixels, below or from 128."""
+    bg = scene.image[scene.instance == 0]
+    return "dark" if float(bg.astype(np.float32).mean()) < 128.0 else "light"
+
+
 def _shapes_phrase(shapes: list[str]) -> str:
     items = [("an " if s[0] in "aeiou" else "a ") + s for s in shapes]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -93,6 +100,9 @@ class ToyCaptionDataset(Dataset):
     With probability ``grayscale_prob`` the image is turned grey and paired with a caption that names
     the shapes only (colour words would be false), which pushes the image tower to see shape apart from
     colour — the augmentation that lets held-out colour-shape pairs be recognised (docs/toyworld.md).
+    With probability ``background_prob`` the caption also names the background (``"... on a dark grey
+    background"``; dark or light by the mean grey level of the background pixels, below or above 128), so that
+    the text side has a word for the background and dense features can learn it.
     """
 
     def __init__(
@@ -103,9 +113,13 @@ class ToyCaptionDataset(Dataset):
         seed: int = 0,
         grayscale_prob: float = 0.0,
         hard_negatives: bool = False,
+        background_prob: float = 0.0,
     ) -> None:
         if not 0.0 <= grayscale_prob <= 1.0:
             raise ValueError(f"data.grayscale_prob must be in [0, 1], got {grayscale_prob}")
+        if not 0.0 <= background_prob <= 1.0:
+            raise ValueError(f"data.background_prob must be in [0, 1], got {background_prob}")
+        self.background_prob = background_prob
         self.world, self.tokenizer, self.pp, self.seed = world, tokenizer, preprocess, seed
         self.grayscale_prob = grayscale_prob
         self.hard_negatives = bool(hard_negatives)
@@ -129,6 +143,8 @@ class ToyCaptionDataset(Dataset):
             order = rng.permutation(len(scene.objects))
             phrase = _shapes_phrase([scene.objects[k].shape for k in order])
             caption = _GREY_TEMPLATES[int(rng.integers(len(_GREY_TEMPLATES)))].format(phrase)
+        if self.background_prob and rng.random() < self.background_prob:
+            caption = f"{caption} on a {background_tone(scene)} grey background"
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
         pixels, _ = preprocess_uint8([img], self.pp)
         if not self.hard_negatives:
@@ -160,6 +176,7 @@ def run(recipe: dict[str, Any]) -> Path:
     data_cfg = dict(recipe.get("data", {}))
     grayscale_prob = float(data_cfg.pop("grayscale_prob", 0.0))
     hard_negatives = bool(data_cfg.pop("hard_negatives", False))
+    background_prob = float(data_cfg.pop("background_prob", 0.0))
     if data_cfg.pop("source", "toyworld") != "toyworld":
         raise ValueError("clip_pretrain supports data.source: toyworld")
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
@@ -168,6 +185,7 @@ def run(recipe: dict[str, Any]) -> Path:
         raise ValueError("data.image_size must equal model.vision_cfg.image_size")
     data_cfg["image_size"] = image_size
     torch.manual_seed(train_cfg.seed)
+    ensure_registered(model_cfg)
     model = CLIP(**model_cfg)
     out = Path(train_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +196,7 @@ def run(recipe: dict[str, Any]) -> Path:
     world = ToyWorld(**data_cfg)
     dataset = ToyCaptionDataset(
         world, tokenizer, PreprocessConfig.from_open_clip(pp_cfg), seed=train_cfg.seed, grayscale_prob=grayscale_prob,
-        hard_negatives=hard_negatives,
+        hard_negatives=hard_negatives, background_prob=background_prob,
     )  # fmt: skip
     clip_loss = ClipLoss()
 

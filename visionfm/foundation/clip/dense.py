@@ -146,7 +146,7 @@ def _timm_embed(trunk: torch.nn.Module, pixel_values: torch.Tensor, stride: int,
         f = pe.backbone(pixel_values.to(pe.proj.weight.dtype))
         x = pe.proj(f[-1] if isinstance(f, (list, tuple)) else f)
     else:
-        x = pe.proj(pixel_values.to(pe.proj.weight.dtype))
+        x = pe.proj(pixel_values.to(next(pe.proj.parameters()).dtype))  # a conv or a conv stem
     if tuple(x.shape[-2:]) != grid:
         raise ValueError(f"patch embedding gave a {tuple(x.shape[-2:])} grid, expected {grid}")
     x = x.flatten(2).transpose(1, 2)

@@ -289,11 +289,14 @@ def _open_clip_cfg(req: LoadRequest) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _build_open_clip(req: LoadRequest) -> OpenClipEncoder:
     import open_clip
+
+    from .towers import ensure_registered
     from open_clip.model import CLIP, CustomTextCLIP
 
     model_cfg, pp = _open_clip_cfg(req)
     cfg = dict(model_cfg)
     custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    ensure_registered(cfg)
     model = (CustomTextCLIP if custom else CLIP)(**cfg)
     weights = find_weights(
         req.path,
