@@ -289,9 +289,9 @@ def _open_clip_cfg(req: LoadRequest) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _build_open_clip(req: LoadRequest) -> OpenClipEncoder:
     import open_clip
+    from open_clip.model import CLIP, CustomTextCLIP
 
     from .towers import ensure_registered
-    from open_clip.model import CLIP, CustomTextCLIP
 
     model_cfg, pp = _open_clip_cfg(req)
     cfg = dict(model_cfg)
