@@ -121,6 +121,7 @@ def test_every_family_declares_its_format_and_kind():
         "dit",
         "pixart",
         "student",
+        "timm",
         "detector",
     } <= set(fams)
     for f in fams.values():
@@ -136,6 +137,7 @@ def test_every_family_declares_its_format_and_kind():
         "sam",
         "sam3",
         "dit",
+        "timm",
     }
     assert {n for n, f in fams.items() if f.dense_tower is not None} == {"clip"}
 

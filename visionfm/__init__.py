@@ -1,8 +1,9 @@
-"""visionfm: vision foundation models (CLIP/SigLIP, AIMv2, DINO v1-v3, RADIO, SAM, SAM 3, DiT, PixArt) behind one interface.
+"""visionfm: vision foundation models (CLIP/SigLIP, AIMv2, DINO v1-v3, RADIO, SAM, SAM 3, DiT, PixArt, timm ViTs) behind
+one interface.
 
 >>> import visionfm as vfm
 >>> sorted({m.family for m in vfm.list_models()})
-['aimv2', 'clip', 'detector', 'dino', 'dinov2', 'dinov3', 'dit', 'pixart', 'radio', 'sam', 'sam3']
+['aimv2', 'clip', 'detector', 'dino', 'dinov2', 'dinov3', 'dit', 'pixart', 'radio', 'sam', 'sam3', 'timm']
 """
 
 from __future__ import annotations

@@ -108,4 +108,17 @@ def test_grouped_resize_equals_per_image(photos):
 def test_public_api_is_small():
     assert len(vfm.__all__) <= 15
     fams = {m.family for m in vfm.list_models()}
-    assert fams == {"aimv2", "clip", "dino", "dinov2", "dinov3", "radio", "sam", "sam3", "dit", "pixart", "detector"}
+    assert fams == {
+        "aimv2",
+        "clip",
+        "dino",
+        "dinov2",
+        "dinov3",
+        "radio",
+        "sam",
+        "sam3",
+        "dit",
+        "pixart",
+        "detector",
+        "timm",
+    }

@@ -118,7 +118,7 @@ def _timm_encoder(tiny_root, tower: str):
                                                    num_heads=3, depth=3, global_pool="token",
                                                    qk_norm=True).eval()  # fmt: skip
     elif tower == "conv-stem-vit":  # visionfm's own toy tower: conv stem, no class token, average pooling
-        from visionfm.foundation.clip.towers import register
+        from visionfm.foundation.towers import register
 
         register()
         enc.model.visual.trunk = timm.create_model("visionfm_conv_stem_vit", img_size=160, patch_size=16,

@@ -218,8 +218,9 @@ class ZeroShotSegPipeline(Pipeline):
             :func:`visionfm.pipelines.seg_presets.preset_names`): the method's mode, protocol and thresholds for
             that benchmark, and its class names (used when a call passes no ``labels``).
         mode: one of :data:`visionfm.foundation.dense.DENSE_MODES` (default ``"sclip"``).
-        proxy: for ``mode="proxy"``: an encoder or model name (DINO, DINOv2, DINOv3 or SAM) whose patch affinity gives the
-            attention.
+        proxy: for ``mode="proxy"``: an encoder or model name (DINO, DINOv2, DINOv3, SAM, a timm ViT; any encoder with
+            ``patches``) whose patch affinity gives the attention. It sees each window at the window's own size, so a
+            timm ViT built without ``dynamic_img_size`` needs windows of its native size.
         proxy_grid: ``mode="proxy"`` answers on the proxy's patch grid (ProxyCLIP's; default) or, when ``False``, on
             CLIP's.
         refine: ``"pamr"``, a SAM model name / encoder / mask-generation pipeline, or a list of these; ``None``: the
@@ -389,7 +390,7 @@ class ZeroShotSegPipeline(Pipeline):
         if proxy is not None and self.mode != "proxy":
             raise ValueError(f"proxy= is only used by mode='proxy' (mode is {self.mode!r})")
         if self.mode == "proxy" and self.proxy is None:
-            raise ValueError("mode='proxy' needs proxy= (a DINO, DINOv2, DINOv3 or SAM model)")
+            raise ValueError("mode='proxy' needs proxy= (a DINO, DINOv2, DINOv3, SAM or timm ViT model)")
         if sam_mode not in ("auto", "box"):
             raise ValueError(f"sam_mode must be 'auto' or 'box', got {sam_mode!r}")
         self.sam_mode = sam_mode
@@ -412,7 +413,7 @@ class ZeroShotSegPipeline(Pipeline):
         if proxy is None:
             return None
         enc = self._load(proxy)
-        if enc.info.family not in ("dino", "dinov2", "dinov3", "sam"):
+        if enc.info.family not in ("dino", "dinov2", "dinov3", "sam", "timm"):  # any encoder with patches works
             logger.warning("proxy encoder of family %r: ProxyCLIP uses DINO, DINOv2 or SAM", enc.info.family)
         return enc
 

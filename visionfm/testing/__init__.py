@@ -66,7 +66,7 @@ def tiny_checkpoint(
     """Write (once) and return a tiny random checkpoint directory.
 
     Args:
-        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"clip-b16"`` (ViT-B/16 geometry, OpenAI head width), ``"clip-b16-12layer"`` (the same with 12 vision layers), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"sam2"`` (SAM 2, ``Sam2Model``), ``"edgetam"``, ``"sam3"``, ``"dit"``, ``"pixart"`` (a diffusers ``PixArtAlphaPipeline`` directory), the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``, or ``"student"``; see :func:`tiny_kinds`.
+        kind: ``"clip"``, ``"clip-resnet"`` (open_clip ModifiedResNet tower), ``"clip-b16"`` (ViT-B/16 geometry, OpenAI head width), ``"clip-b16-12layer"`` (the same with 12 vision layers), ``"siglip"``, ``"dinov2"``, ``"dinov2-registers"``, ``"sam"``, ``"sam2"`` (SAM 2, ``Sam2Model``), ``"edgetam"``, ``"sam3"``, ``"dit"``, ``"pixart"`` (a diffusers ``PixArtAlphaPipeline`` directory), ``"timm-vit"`` (timm's ``save_for_hf`` format), the detectors ``"owlv2"``, ``"owlvit"``, ``"grounding-dino"``, or ``"student"``; see :func:`tiny_kinds`.
         backend: on-disk format; ``"open_clip"`` or ``"transformers"`` for ``clip``; the others have
             one format each.
         root: parent directory; default: a per-user temp cache, so a test session writes each

@@ -291,7 +291,7 @@ def _build_open_clip(req: LoadRequest) -> OpenClipEncoder:
     import open_clip
     from open_clip.model import CLIP, CustomTextCLIP
 
-    from .towers import ensure_registered
+    from ..towers import ensure_registered
 
     model_cfg, pp = _open_clip_cfg(req)
     cfg = dict(model_cfg)

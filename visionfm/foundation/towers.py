@@ -81,19 +81,24 @@ class ConvStemPatchEmbed(nn.Module):
 
 
 def _conv_stem_vit(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
+    """Built by timm's ``build_model_with_cfg``, so ``timm.create_model("local-dir:DIR", pretrained=True)`` (or an
+    ``hf-hub:`` id) loads saved weights as for any timm model; there are no published weights of its own."""
+    from timm.models import build_model_with_cfg
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-    if pretrained:
-        raise ValueError("visionfm_conv_stem_vit has no pretrained weights; load a trained checkpoint instead")
     args: dict[str, Any] = dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
                                 class_token=False, global_pool="avg", embed_layer=ConvStemPatchEmbed)  # fmt: skip
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only"):  # timm factory kwargs
-        kwargs.pop(key, None)
     args.update(kwargs)
-    model = VisionTransformer(**args)
-    cfg = {"architecture": "visionfm_conv_stem_vit", "input_size": (3, *model.patch_embed.img_size), "num_classes": 0}
-    model.pretrained_cfg = model.default_cfg = cfg
-    return model
+    cfg = kwargs.pop("pretrained_cfg", None)
+    args.pop("pretrained_cfg", None)
+    size = args["img_size"] if isinstance(args["img_size"], (tuple, list)) else (args["img_size"],) * 2
+    default = {"input_size": (3, *size), "num_classes": 0, "mean": (0.485, 0.456, 0.406),
+               "std": (0.229, 0.224, 0.225), "interpolation": "bilinear", "crop_pct": 1.0}  # fmt: skip
+    if pretrained and cfg is None:
+        raise ValueError("visionfm_conv_stem_vit has no published weights; load a saved checkpoint directory")
+    return build_model_with_cfg(VisionTransformer, "visionfm_conv_stem_vit", pretrained,
+                                pretrained_cfg=cfg if cfg is not None else default,
+                                pretrained_filter_fn=checkpoint_filter_fn, **args)  # fmt: skip
 
 
 def ensure_registered(model_cfg: dict[str, Any]) -> None:
