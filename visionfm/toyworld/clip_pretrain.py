@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..foundation.clip import OPENAI_MEAN, OPENAI_STD
-from ..foundation.clip.towers import ensure_registered
 from ..foundation.preprocess import PreprocessConfig, preprocess_uint8
+from ..foundation.towers import ensure_registered
 from ..training.loop import TrainConfig, Trainer
 from .world import ToyWorld
 
