@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 import visionfm as vfm
-from visionfm.testing import TINY_TOY_CLIP_OVERRIDES
+from visionfm.testing import TINY_TOY_CLIP_OVERRIDES, TINY_TOY_SAM_OVERRIDES, TINY_TOY_SSL_OVERRIDES
 from visionfm.toyworld.demo import evaluate, run_demo
-from visionfm.toyworld.models import ensure_toy_clip, toy_clip_dir
+from visionfm.toyworld.models import ensure_toy_clip, ensure_toy_model, toy_clip_dir
 
 TINY = list(TINY_TOY_CLIP_OVERRIDES)
+TINY_ZOO = {"clip": TINY, "ssl": list(TINY_TOY_SSL_OVERRIDES), "sam": list(TINY_TOY_SAM_OVERRIDES)}
 
 # The issue aimed at >= 0.90 (shape) and >= 0.70 (colour+shape) on held-out compositions; the shipped recipe
 # does not reach them (docs/toyworld.md has the measured numbers and why). These floors guard what it does
@@ -28,7 +29,7 @@ FLOORS = {
 
 def test_demo_trains_once_then_uses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONFM_CACHE", str(tmp_path / "cache"))
-    results, image = run_demo(tmp_path / "out", num=36, overrides=TINY)
+    results, page = run_demo(tmp_path / "out", num=36, overrides=TINY_ZOO)
     assert [(r.task, r.images) for r in results] == [
         ("colour+shape", "heldout compositions"),
         ("shape (colour-marginal)", "heldout compositions"),
@@ -38,14 +39,40 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, monkeypatch):
     ]
     assert [r.num_classes for r in results] == [36, 6, 6, 6, 36]
     assert all(0.0 <= r.top1 <= 1.0 and r.n == 36 for r in results)
-    picture = np.asarray(Image.open(image))
-    assert picture.shape[0] > 6 * 128 and picture.shape[1] == 6 * 128
-    report = json.loads((tmp_path / "out" / "zero_shot.json").read_text())
-    assert report["results"][0]["chance"] == pytest.approx(1 / 36)
-    ckpt = ensure_toy_clip(overrides=TINY)
-    stamp = (ckpt / "open_clip_model.safetensors").stat().st_mtime_ns
-    run_demo(tmp_path / "out2", num=8, overrides=TINY)  # second run: cache hit, no training
-    assert (ckpt / "open_clip_model.safetensors").stat().st_mtime_ns == stamp
+    out = tmp_path / "out"
+    assert page == out / "index.html"
+    html = page.read_text()
+    pictures = ["zero_shot_heldout.png", "zero_shot_seg.png", "grounding.png", "auto_masks.png"]
+    for name in pictures:  # every picture exists and the page shows it
+        assert f"src='{name}'" in html
+        assert np.asarray(Image.open(out / name)).ndim == 3
+    assert html.count("<tr>") == 1 + len(results) and f"{100 * results[0].top1:.1f}%" in html
+    grid = np.asarray(Image.open(out / "zero_shot_heldout.png"))
+    assert grid.shape[0] > 6 * 128 and grid.shape[1] == 6 * 128
+    seg = np.asarray(Image.open(out / "zero_shot_seg.png"))
+    assert (
+        seg.shape[1] == 5 * 160 and seg.shape[0] >= 4 * 160
+    )  # 4 scenes x (scene, colour pred/truth, shape pred/truth)
+    report = json.loads((out / "zero_shot.json").read_text())
+    assert report["results"][0]["chance"] == pytest.approx(1 / 36) and sorted(report["models"]) == [
+        "clip",
+        "sam",
+        "ssl",
+    ]
+    stamps = {k: ensure_toy_model(k, overrides=v) for k, v in TINY_ZOO.items()}
+    stamps = {k: [p.stat().st_mtime_ns for p in sorted(d.glob("*.safetensors"))] for k, d in stamps.items()}
+    assert all(stamps.values())
+    run_demo(tmp_path / "out2", num=8, overrides=TINY_ZOO)  # second run: cache hits, no training
+    again = {k: [p.stat().st_mtime_ns for p in sorted(ensure_toy_model(k, overrides=v).glob("*.safetensors"))]
+             for k, v in TINY_ZOO.items()}  # fmt: skip
+    assert again == stamps
+
+
+def test_clip_only_demo_writes_the_zero_shot_picture(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONFM_CACHE", str(tmp_path / "cache"))
+    results, image = run_demo(tmp_path / "out", num=12, overrides=TINY, zoo=False)
+    assert image.name == "zero_shot_heldout.png" and len(results) == 5
+    assert not (tmp_path / "out" / "index.html").exists() and not list((tmp_path / "cache").glob("toyworld-sam-*"))
 
 
 def test_toyworld_clip_alias_before_training(tmp_path, monkeypatch):

@@ -41,6 +41,16 @@ TINY_TOY_CLIP_OVERRIDES: tuple[str, ...] = (
     "train.progress=false",
 )
 
+#: The same for ``recipes/toyworld_ssl.yaml`` and ``recipes/toyworld_sam.yaml`` (the demo's other two toy models).
+TINY_TOY_SSL_OVERRIDES: tuple[str, ...] = (
+    "model.width=32", "model.heads=2", "model.layers=1", "ssl.head_hidden=32", "ssl.bottleneck=8",
+    "data.num_scenes=16", "train.max_steps=2", "train.batch_size=4", "train.num_workers=0", "train.progress=false",
+)  # fmt: skip
+TINY_TOY_SAM_OVERRIDES: tuple[str, ...] = (
+    "model.width=16", "model.heads=1", "model.layers=1", "model.global_layers=[0]", "model.neck=32",
+    "data.num_scenes=16", "train.max_steps=2", "train.batch_size=4", "train.num_workers=0", "train.progress=false",
+)  # fmt: skip
+
 _discovered = False
 
 
@@ -123,4 +133,11 @@ def _version_key() -> str:
     return f"{_version('visionfm')}-tf{_version('transformers')}-f{TINY_FORMAT}"
 
 
-__all__ = ["TINY_FORMAT", "TINY_TOY_CLIP_OVERRIDES", "tiny_checkpoint", "tiny_kinds"]
+__all__ = [
+    "TINY_FORMAT",
+    "TINY_TOY_CLIP_OVERRIDES",
+    "TINY_TOY_SAM_OVERRIDES",
+    "TINY_TOY_SSL_OVERRIDES",
+    "tiny_checkpoint",
+    "tiny_kinds",
+]

@@ -5,7 +5,7 @@ Importing it (``import visionfm`` does) registers, without reading any file:
 
 - the ``toyworld`` dataset source (:mod:`visionfm.toyworld.datasets`);
 - the models ``toyworld-clip`` and ``toyworld-random-dinov2`` (:mod:`visionfm.toyworld.models`);
-- the recipe tasks ``clip_pretrain`` and ``sam_pretrain`` and the recipes in ``visionfm/toyworld/recipes/``;
+- the recipe tasks ``clip_pretrain``, ``sam_pretrain`` and ``ssl_pretrain`` and the recipes in ``visionfm/toyworld/recipes/``;
 - the eval tasks ``toyworld_seg``, ``toyworld_grounding``, ``toyworld_generation_baselines`` and
   ``toyworld_student``, and the suites in ``visionfm/toyworld/suites/``.
 
@@ -43,6 +43,7 @@ register_suite_dir(SUITES)
 # the keys each toyworld recipe / eval task accepts (recipes and suites are validated against them)
 declare_recipe_task("clip_pretrain", ("model", "data"))
 declare_recipe_task("sam_pretrain", ("model", "data"))
+declare_recipe_task("ssl_pretrain", ("model", "data", "ssl"))
 declare_eval_task("toyworld_seg", ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride",
                                    "proxy", "pamr", "seed"))  # fmt: skip
 declare_eval_task("toyworld_grounding", ("modes", "splits", "num", "num_val", "short_side", "stride", "seed"))
@@ -60,6 +61,13 @@ def _clip_pretrain(recipe: dict[str, Any]) -> Path:
 @register_recipe_task("sam_pretrain")
 def _sam_pretrain(recipe: dict[str, Any]) -> Path:
     from .sam_pretrain import run
+
+    return run(recipe)
+
+
+@register_recipe_task("ssl_pretrain")
+def _ssl_pretrain(recipe: dict[str, Any]) -> Path:
+    from .ssl_pretrain import run
 
     return run(recipe)
 

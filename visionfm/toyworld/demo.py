@@ -121,31 +121,190 @@ def draw_grid(samples: dict[str, Any], path: Path, *, cols: int = 6, rows: int =
     return path
 
 
+#: What the report shows for zero-shot segmentation and grounding: the toy CLIP's dense mode, the proxy, SAM
+#: refinement, and the background cosine threshold (docs/toyworld.md has the measured tables these come from).
+SHOWCASE = {"seg_mode": "proxy", "grounding_mode": "maskclip", "cos_thresh": 0.2, "scenes": 4, "seed": 7}
+
+
+#: Label-map colours: colour labels in their own colour, shapes in a fixed palette, background black.
+SHAPE_NAMES = ("white", "cyan", "magenta", "lime", "brown", "pink")
+SHAPE_PALETTE = {"circle": (255, 255, 255), "square": (0, 220, 220), "triangle": (230, 0, 230),
+                 "star": (160, 255, 0), "cross": (150, 90, 40), "heart": (255, 150, 180)}  # fmt: skip
+
+
+def _paint(label_map: np.ndarray, labels: list[str]) -> Any:
+    """A label map ``[H, W]`` (indices into ``labels``) as a PIL image in :data:`SHAPE_PALETTE` / the colours' RGB."""
+    from PIL import Image
+
+    from .world import COLOURS
+
+    palette = np.zeros((len(labels), 3), np.uint8)
+    for i, lab in enumerate(labels):
+        palette[i] = COLOURS[lab] if lab in COLOURS else SHAPE_PALETTE.get(lab, (0, 0, 0))
+    return Image.fromarray(palette[np.asarray(label_map)])
+
+
+def _tile(images: list[Any], titles: list[str], path: Path, *, cell: int = 160, legend: str = "") -> Path:
+    """One row per scene: ``images`` is a list of rows (lists of PIL images), ``titles`` the column titles, ``legend``
+    a line of text under the grid."""
+    from PIL import Image, ImageDraw
+
+    rows, cols, pad = len(images), len(titles), 18
+    canvas = Image.new("RGB", (cols * cell, pad + rows * cell + (pad if legend else 0)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, t in enumerate(titles):
+        draw.text((c * cell + 4, 3), t, fill=(0, 0, 0))
+    for r, row in enumerate(images):
+        for c, im in enumerate(row):
+            canvas.paste(im.resize((cell, cell), Image.NEAREST), (c * cell, pad + r * cell))
+    if legend:
+        draw.text((4, pad + rows * cell + 3), legend, fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def showcase(models: dict[str, Path], out_dir: str | os.PathLike, *, scenes: int | None = None) -> dict[str, Path]:
+    """Draw every toy pipeline on a few held-out scenes (2-3 objects of never-seen colour-shape pairs).
+
+    Writes ``zero_shot_seg.png`` (colour and shape label maps, background included, next to the truth),
+    ``grounding.png`` (each colour phrase's boxes and masks), and ``auto_masks.png`` (the toy SAM's automatic
+    masks), and returns their paths by name.
+
+    Args:
+        models: ``{"clip": dir, "ssl": dir, "sam": dir}``: the trained toy models
+            (:func:`visionfm.toyworld.models.ensure_toy_model`).
+        out_dir: where the pictures go.
+        scenes: how many scenes (default ``SHOWCASE["scenes"]``).
+    """
+    from PIL import Image
+
+    from ..foundation.loading import load_encoder
+    from ..pipelines.base import pipeline
+    from .seg import TEMPLATES as SEG_TEMPLATES
+    from .seg import class_names as seg_names
+    from .seg import target_map
+    from .world import ToyWorld
+
+    out = Path(out_dir)
+    n = scenes or int(SHOWCASE["scenes"])
+    world = ToyWorld("heldout", n, seed=int(SHOWCASE["seed"]), min_objects=2, max_objects=3)
+    data = [world[i] for i in range(n)]
+    clip = load_encoder(models["clip"], device="cpu")
+    th = float(SHOWCASE["cos_thresh"])
+    segs = {
+        kind: pipeline(
+            "zero-shot-seg",
+            model=clip,
+            mode=SHOWCASE["seg_mode"],
+            proxy=str(models["ssl"]),
+            templates=list(SEG_TEMPLATES[kind]),
+            short_side=192,
+            stride=16,
+        )  # fmt: skip
+        for kind in ("colour", "shape")
+    }
+    grounding = pipeline("grounding", model=clip, mode=SHOWCASE["grounding_mode"], refine=str(models["sam"]),
+                         templates=list(SEG_TEMPLATES["colour"]), short_side=192, stride=16)  # fmt: skip
+    masks = pipeline("mask-generation", model=str(models["sam"]), device="cpu")
+    rows_seg, rows_gr, rows_auto = [], [], []
+    for sc in data:
+        img = Image.fromarray(sc.image)
+        row = [img]
+        for kind, seg in segs.items():
+            r = seg(sc.image, labels=seg_names(kind), background=True, cos_thresh=th)
+            row += [_paint(r.label_map.cpu().numpy(), r.labels), _paint(target_map(sc, kind), r.labels)]
+        rows_seg.append(row)
+        phrases = sorted({o.colour for o in sc.objects})
+        g = grounding(sc.image, phrases=[f"{c} object" for c in phrases], cos_thresh=th)
+        rows_gr.append([img, g.overlay(sc.image)])
+        a = masks(sc.image, points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.85)
+        rows_auto.append([img, a.overlay(sc.image)])
+    seg_titles = ["held-out scene", "colour: predicted", "colour: truth", "shape: predicted", "shape: truth"]
+    legend = "background black; shapes: " + ", ".join(f"{k} {n}" for n, k in zip(SHAPE_PALETTE, SHAPE_NAMES))
+    return {
+        "zero_shot_seg": _tile(rows_seg, seg_titles, out / "zero_shot_seg.png", legend=legend),
+        "grounding": _tile(rows_gr, ["held-out scene", "grounding: its colours"], out / "grounding.png"),
+        "auto_masks": _tile(rows_auto, ["held-out scene", "toy SAM automatic masks"], out / "auto_masks.png"),
+    }
+
+
+def write_html(results: list[ZeroShotResult], pictures: dict[str, Path], models: dict[str, Path], path: Path) -> Path:
+    """An HTML page tying the demo's pictures and its zero-shot table together (pictures linked by relative path)."""
+    import html
+
+    rows = "".join(
+        f"<tr><td>{html.escape(r.task)}</td><td>{html.escape(r.images)}</td><td>{r.num_classes}</td><td>{r.n}</td>"
+        f"<td><b>{100 * r.top1:.1f}%</b></td><td>{100 * r.chance:.1f}%</td></tr>"
+        for r in results
+    )
+    zoo = "".join(f"<li><b>{html.escape(k)}</b>: <code>{html.escape(str(v))}</code></li>" for k, v in models.items())
+    captions = {
+        "zero_shot_heldout": "Zero-shot classification of held-out compositions (green: right; red: wrong).",
+        "zero_shot_seg": "Zero-shot segmentation (colour and shape labels, background included) against the truth.",
+        "grounding": "Grounding each colour present, with the toy SAM turning boxes into masks.",
+        "auto_masks": "The toy SAM's automatic masks (16 x 16 point grid).",
+    }
+    figs = "".join(
+        f"<figure><img src='{html.escape(os.path.relpath(p, path.parent))}'><figcaption>"
+        f"{html.escape(captions.get(k, k))}</figcaption></figure>"
+        for k, p in pictures.items()
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>visionfm demo</title><style>"
+        "body{font-family:sans-serif;max-width:1000px;margin:2em auto}td,th{padding:2px 10px;text-align:left}"
+        "img{max-width:100%;image-rendering:pixelated}figure{margin:2em 0}</style></head><body>"
+        "<h1>visionfm demo: a toy model zoo trained from scratch on toyworld</h1>"
+        "<p>Held-out colour-shape pairs never occur in any training image or caption.</p>"
+        f"<h2>Models</h2><ul>{zoo}</ul>"
+        "<h2>Zero-shot classification</h2><table><tr><th>labels</th><th>images</th><th>classes</th><th>n</th>"
+        f"<th>top-1</th><th>chance</th></tr>{rows}</table>{figs}</body></html>"
+    )
+    path.write_text(page)
+    return path
+
+
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
     *,
     retrain: bool = False,
     num: int = 600,
-    overrides: list[str] | None = None,
+    overrides: list[str] | dict[str, list[str]] | None = None,
+    zoo: bool = True,
 ) -> tuple[list[ZeroShotResult], Path]:
-    """Train or reuse the toyworld CLIP, evaluate zero-shot, write ``zero_shot_heldout.png`` and a JSON report.
+    """Train or reuse the toy zoo, evaluate zero-shot, draw every pipeline and write the report.
+
+    Writes ``zero_shot_heldout.png``, ``zero_shot.json`` and, with ``zoo``, ``zero_shot_seg.png``, ``grounding.png``,
+    ``auto_masks.png`` and ``index.html`` (the page that ties them together) into ``out_dir``.
 
     Args:
-        out_dir: where the picture and ``zero_shot.json`` go.
-        retrain: train even if a cached checkpoint exists.
+        out_dir: where the pictures and reports go.
+        retrain: train even if cached checkpoints exist.
         num: evaluation images per image set.
-        overrides: recipe overrides (``section.key=value``); a different recipe is cached separately.
+        overrides: recipe overrides (``section.key=value``): a list for the CLIP, or ``{"clip": [...], "ssl": [...],
+            "sam": [...]}``; a different recipe is cached separately.
+        zoo: also train (or reuse) the self-supervised encoder and the SAM and draw the dense pipelines.
+
+    Returns:
+        ``(zero-shot results, the report: index.html with zoo, else the zero-shot picture)``.
     """
     import json
 
     from ..foundation.loading import load_encoder
-    from .models import ensure_toy_clip
+    from .models import ensure_toy_model
 
-    ckpt = ensure_toy_clip(retrain=retrain, overrides=overrides)
-    enc = load_encoder(ckpt, device="auto")
+    per_kind = overrides if isinstance(overrides, dict) else {"clip": list(overrides or [])}
+    models = {}
+    for kind in ("clip", "ssl", "sam") if zoo else ("clip",):
+        models[kind] = ensure_toy_model(kind, retrain=retrain, overrides=per_kind.get(kind))
+    enc = load_encoder(models["clip"], device="auto")
     results, samples = evaluate(enc, num=num)
     out = Path(out_dir)
     image = draw_grid(samples, out / "zero_shot_heldout.png")
     report = [dict(r.__dict__, chance=r.chance) for r in results]
-    (out / "zero_shot.json").write_text(json.dumps({"checkpoint": str(ckpt), "results": report}, indent=2))
-    return results, image
+    summary = {"checkpoint": str(models["clip"]), "models": {k: str(v) for k, v in models.items()}, "results": report}
+    (out / "zero_shot.json").write_text(json.dumps(summary, indent=2))
+    if not zoo:
+        return results, image
+    pictures = {"zero_shot_heldout": image, **showcase(models, out)}
+    return results, write_html(results, pictures, models, out / "index.html")
