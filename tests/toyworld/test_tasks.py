@@ -54,6 +54,18 @@ def test_seg_task_equals_the_experiment_function(clip_dir, tmp_path):
     assert res["protocol"]["model"] == str(clip_dir)
 
 
+def test_seg_task_refines_the_best_mode_with_a_sam(clip_dir, tiny_root, tmp_path):
+    sam = str(tiny_checkpoint("sam", root=tiny_root))
+    opts = {"modes": ["vanilla", "maskclip"], "kinds": ["shape"], "splits": ["test"], "num": 2, "num_val": 2,
+            "pamr": False, "sam": sam, "short_side": 64, "stride": 16}  # fmt: skip
+    res = Runner(_suite({"name": "seg", "task": "toyworld_seg", **opts}), str(clip_dir), tmp_path).run()["results"][0]
+    rows = res["rows"]
+    assert [(r["mode"], r["refine"]) for r in rows][:2] == [("vanilla", None), ("maskclip", None)]
+    refined = [r for r in rows if r["refine"] == "sam"]
+    assert len(refined) == 1 and refined[0]["mode"] in ("vanilla", "maskclip")  # the best unrefined mode, refined
+    assert f"mIoU shape test {refined[0]['mode']}+sam" in res["metrics"] and res["protocol"]["sam"] == sam
+
+
 def test_grounding_task_equals_the_experiment_function(clip_dir, tmp_path):
     from visionfm.toyworld.grounding import run
 

@@ -4,7 +4,8 @@ demo, and the toyworld eval tasks and suites.
 Importing it (``import visionfm`` does) registers, without reading any file:
 
 - the ``toyworld`` dataset source (:mod:`visionfm.toyworld.datasets`);
-- the models ``toyworld-clip`` and ``toyworld-random-dinov2`` (:mod:`visionfm.toyworld.models`);
+- the models ``toyworld-clip``, ``toyworld-ssl``, ``toyworld-sam`` and ``toyworld-random-dinov2``
+  (:mod:`visionfm.toyworld.models`);
 - the recipe tasks ``clip_pretrain``, ``sam_pretrain`` and ``ssl_pretrain`` and the recipes in ``visionfm/toyworld/recipes/``;
 - the eval tasks ``toyworld_seg``, ``toyworld_grounding``, ``toyworld_generation_baselines`` and
   ``toyworld_student``, and the suites in ``visionfm/toyworld/suites/``.
@@ -45,7 +46,7 @@ declare_recipe_task("clip_pretrain", ("model", "data"))
 declare_recipe_task("sam_pretrain", ("model", "data"))
 declare_recipe_task("ssl_pretrain", ("model", "data", "ssl"))
 declare_eval_task("toyworld_seg", ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride",
-                                   "proxy", "pamr", "seed"))  # fmt: skip
+                                   "proxy", "pamr", "sam", "seed"))  # fmt: skip
 declare_eval_task("toyworld_grounding", ("modes", "splits", "num", "num_val", "short_side", "stride", "seed"))
 declare_eval_task("toyworld_generation_baselines", ("generation", "reference", "untrained_seed", "samples_png"))
 declare_eval_task("toyworld_student", ("teacher", "num_seg", "batch"))

@@ -6,7 +6,7 @@
 - ``toyworld-ssl`` and ``toyworld-sam``: the self-supervised encoder (recipe ``toyworld_ssl``) and the SAM (recipe
   ``toyworld_sam``) the demo trains, cached the same way.
 - ``toyworld-random-dinov2``: a tiny randomly initialised DINOv2 (``visionfm.testing.tiny_checkpoint("dinov2")``),
-  the default proxy of toyworld zero-shot-seg and the second teacher of the toy distillation recipe.
+  the untrained baseline for the proxy and the distillation teacher that ``toyworld-ssl`` replaced.
 """
 
 from __future__ import annotations

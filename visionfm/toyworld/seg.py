@@ -92,6 +92,7 @@ def run(
     stride: int = 16,
     proxy: str | None = None,
     pamr: bool = True,
+    sam: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate every mode (and the best mode with PAMR refinement) on toyworld scenes.
@@ -103,9 +104,10 @@ def run(
         splits: toyworld splits to report (``"heldout"`` uses only never-seen colour-shape pairs).
         num: scenes per reported split; ``num_val``: validation scenes for the threshold.
         short_side, window, stride: the sliding-window protocol (window default: the model's input size).
-        proxy: proxy encoder for ``mode="proxy"`` (default: ``toyworld-random-dinov2``, a tiny randomly
-            initialised DINOv2, whose patch affinity is that of random projections of the pixels).
+        proxy: proxy encoder for ``mode="proxy"`` (default: ``toyworld-ssl``, the toy self-supervised encoder the
+            demo trains; ``toyworld-random-dinov2``, a tiny random DINOv2, is the untrained baseline).
         pamr: also report the best mode with PAMR refinement.
+        sam: a SAM model (e.g. ``toyworld-sam``): also report the best mode refined by its automatic masks.
         seed: toyworld seed.
 
     Returns:
@@ -113,7 +115,7 @@ def run(
     """
     enc = model if isinstance(model, Encoder) else load_encoder(model, device="cpu")
     if "proxy" in modes and proxy is None:
-        proxy = "toyworld-random-dinov2"
+        proxy = "toyworld-ssl"
     mk = dict(min_objects=1, max_objects=2, seed=seed, image_size=64)
     val = [ToyWorld("val", num_val, **mk)[i] for i in range(num_val)]
     data = {s: [ToyWorld(s, num, **mk)[i] for i in range(num)] for s in splits}
@@ -134,19 +136,21 @@ def run(
                 if split == splits[0] and (best is None or r["mIoU"] > best[0]):
                     best = (r["mIoU"], mode, th)
             results[-1]["seconds"] = round(time.perf_counter() - t0, 1)
-        if pamr and best is not None:
+        refiners = (["pamr"] if pamr else []) + ([sam] if sam else [])
+        for refine in refiners if best is not None else []:
             _, mode, th = best
             seg = pipeline(
-                "zero-shot-seg", model=enc, mode=mode, proxy=proxy if mode == "proxy" else None, refine="pamr",
+                "zero-shot-seg", model=enc, mode=mode, proxy=proxy if mode == "proxy" else None, refine=refine,
                 templates=list(TEMPLATES[kind]), short_side=short_side, window=window, stride=stride,
             )  # fmt: skip
+            name = "pamr" if refine == "pamr" else "sam"
             for split in splits:
                 r = evaluate(seg, data[split], kind, th)
-                results.append(dict(mode=mode, kind=kind, split=split, refine="pamr", cos_thresh=th, **r))
+                results.append(dict(mode=mode, kind=kind, split=split, refine=name, cos_thresh=th, **r))
     protocol = dict(
         model=model if isinstance(model, str) else enc.info.name, short_side=short_side, window=window or enc.info.image_size[0], stride=stride,
         logit_scale=40.0, templates={k: list(TEMPLATES[k]) for k in kinds}, num=num, num_val=num_val,
-        proxy=proxy, seed=seed, thresholds=list(THRESHOLDS),
+        proxy=proxy, sam=sam, seed=seed, thresholds=list(THRESHOLDS),
     )  # fmt: skip
     return {"protocol": protocol, "results": results}
 
@@ -160,10 +164,11 @@ def seg_task(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     """The ``toyworld_seg`` eval task on the runner's CLIP: :func:`run` with the task's options.
 
     Task keys (all optional): ``modes``, ``kinds``, ``splits``, ``num``, ``num_val``, ``short_side``, ``window``,
-    ``stride``, ``proxy``, ``pamr``, ``seed``. Metrics are ``"mIoU <kind> <split> <mode>[+pamr]"`` in [0, 1]; the
-    per-class IoU, thresholds and timings are in ``rows``.
+    ``stride``, ``proxy``, ``pamr``, ``sam``, ``seed``. Metrics are ``"mIoU <kind> <split> <mode>[+pamr|+sam]"`` in
+    [0, 1]; the per-class IoU, thresholds and timings are in ``rows``.
     """
-    keys = ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride", "proxy", "pamr", "seed")
+    keys = ("modes", "kinds", "splits", "num", "num_val", "short_side", "window", "stride", "proxy", "pamr", "sam",
+            "seed")  # fmt: skip
     opts = {k: task[k] for k in keys if k in task}
     report = run(runner.encoder, **opts)
     rows = sorted(
