@@ -59,20 +59,21 @@ def test_recipe_writes_a_sam_checkpoint_every_sam_path_loads(tmp_path, photos, p
 
 
 @pytest.mark.slow
-def test_trained_toy_sam_segments_held_out_scenes(tmp_path):
-    """The full recipe (about 19 minutes on 2 cores), then docs/toyworld.md's evaluation on 200 held-out scenes."""
+def test_trained_toy_sam_segments_held_out_scenes():
+    """The shipped recipe (trained if not cached: about 7.5 minutes on 2 cores), then docs/toyworld.md's evaluation on
+    200 held-out scenes."""
+    from visionfm.toyworld.models import ensure_toy_model
     from visionfm.toyworld.sam_pretrain import evaluate
 
-    out = tmp_path / "sam"
-    assert main(["train", "recipes/toyworld_sam.yaml", f"train.output_dir={out}"]) == 0
-    got = evaluate(out)
+    got = evaluate(ensure_toy_model("sam"))
     assert got["point_miou"] >= POINT_MIOU_FLOOR and got["box_miou"] >= BOX_MIOU_FLOOR, got
     assert got["mask_ap"] >= MASK_AP_FLOOR, got
 
 
-# Floors under the one measured run (docs/toyworld.md, 2026-11-29: point mIoU 0.774, box mIoU 0.788, mask AP 0.441
-# on 200 held-out scenes), with room for run-to-run spread, which was not measured (one seed). They are BELOW issue
-# 20's aims (point IoU >= 0.85, mask AP >= 0.50), which this recipe does not reach yet; the docs say so.
-POINT_MIOU_FLOOR = 0.70
-BOX_MIOU_FLOOR = 0.70
+# Floors under the measured runs of the shipped recipe (patch 8; docs/toyworld.md: 2026-11-29 point mIoU 0.727, box
+# mIoU 0.743, mask AP 0.453 on 200 held-out scenes; retrained on 2026-11-30 with identical numbers), with room for run-to-run spread, which was not
+# measured (one seed). They are BELOW issue 20's aims (point IoU >= 0.85, mask AP >= 0.50), which this recipe does not
+# reach; the docs say so.
+POINT_MIOU_FLOOR = 0.65
+BOX_MIOU_FLOOR = 0.65
 MASK_AP_FLOOR = 0.35

@@ -125,3 +125,22 @@ def test_knn_reads_labels_off_features_that_carry_them():
     assert knn_accuracy(enc, kind="colour", num_bank=120, num_query=60) == 1.0
     shape = knn_accuracy(enc, kind="shape", num_bank=120, num_query=60)
     assert shape < 0.5 and np.isfinite(shape)
+
+
+# Floors under the shipped recipe's measured run (docs/toyworld.md, 2026-11-30): kNN shape 0.242 on seen compositions
+# (0.040 on held-out ones, below chance: the encoder learned colour), colour 0.790. Issue 20 aimed at >= 0.90 on shape;
+# the recipe does not reach it (the docs say what was tried). The floors sit under the measurement, above chance
+# (1/6), so a regression fails.
+SSL_FLOORS = {"shape test": 0.20, "colour test": 0.70}
+
+
+@pytest.mark.slow
+def test_toy_ssl_encoder_knn():
+    """Trains the shipped recipe if it is not cached (about 13 minutes on 2 cores), then DINO's kNN protocol."""
+    from visionfm.toyworld.models import ensure_toy_model
+
+    path = ensure_toy_model("ssl")
+    got = {f"{k} {s}": knn_accuracy(path, kind=k, query_split=s) for k in ("shape", "colour") for s in ("test",)}
+    print(got)
+    for key, floor in SSL_FLOORS.items():
+        assert got[key] >= floor, (key, got[key])

@@ -216,7 +216,7 @@ def showcase(models: dict[str, Path], out_dir: str | os.PathLike, *, scenes: int
             row += [_paint(r.label_map.cpu().numpy(), r.labels), _paint(target_map(sc, kind), r.labels)]
         rows_seg.append(row)
         phrases = sorted({o.colour for o in sc.objects})
-        g = grounding(sc.image, phrases=[f"{c} object" for c in phrases], cos_thresh=th)
+        g = grounding(sc.image, phrases=phrases, cos_thresh=th)
         rows_gr.append([img, g.overlay(sc.image)])
         a = masks(sc.image, points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.85)
         rows_auto.append([img, a.overlay(sc.image)])
