@@ -77,7 +77,14 @@ def test_default_recipe_writes_a_timm_conv_stem_vit_timm_reads_back(tmp_path, ph
                                    atol=1e-5, rtol=0)  # fmt: skip
     assert feats.grid == (8, 8)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(0 < r["teacher_entropy"] and r["loss"] > 0 for r in rows)  # DINO by default
+    simclr = tmp_path / "simclr"
+    assert (
+        main(["train", "recipes/toyworld_ssl.yaml", *TINY, "ssl.objective=simclr", f"train.output_dir={simclr}"]) == 0
+    )
+    rows = [json.loads(r) for r in (simclr / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(0 <= r["pair_acc"] <= 1 and r["loss"] > 0 for r in rows)
+    assert vfm.load_encoder(simclr, device="cpu").info.family == "timm"
     bad = ["train", "recipes/toyworld_ssl.yaml", *TINY, "ssl.objective=byol", f"train.output_dir={tmp_path / 'x'}"]
     assert main(bad) == 2  # a clear error, not a crash
 
