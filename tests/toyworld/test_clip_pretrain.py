@@ -171,3 +171,15 @@ def test_background_captions_name_the_background_tone_truly():
     assert 15 <= len(tones) <= 45 and set(tones) == {"dark", "light"}  # about half, both tones occur
     with pytest.raises(ValueError, match="background_prob"):
         ToyCaptionDataset(world, tokenizer, pp, background_prob=1.5)
+
+
+def test_toy_recipes_refuse_another_source_or_image_size():
+    from visionfm.toyworld.datasets import training_world_args
+
+    assert training_world_args({"seed": 3}, 64, "ssl_pretrain") == {"seed": 3, "image_size": 64}
+    with pytest.raises(ValueError, match="ssl_pretrain supports data.source: toyworld"):
+        training_world_args({"source": "coco"}, 64, "ssl_pretrain")
+    with pytest.raises(
+        ValueError, match=r"sam_pretrain: data.image_size \(32\) must equal the model's image size \(64\)"
+    ):
+        training_world_args({"image_size": 32}, 64, "sam_pretrain")

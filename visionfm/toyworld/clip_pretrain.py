@@ -21,6 +21,7 @@ from ..foundation.clip import OPENAI_MEAN, OPENAI_STD
 from ..foundation.preprocess import PreprocessConfig, preprocess_uint8
 from ..foundation.towers import ensure_registered
 from ..training.loop import TrainConfig, Trainer
+from .datasets import training_world_args
 from .world import ToyWorld
 
 logger = logging.getLogger(__name__)
@@ -177,13 +178,9 @@ def run(recipe: dict[str, Any]) -> Path:
     grayscale_prob = float(data_cfg.pop("grayscale_prob", 0.0))
     hard_negatives = bool(data_cfg.pop("hard_negatives", False))
     background_prob = float(data_cfg.pop("background_prob", 0.0))
-    if data_cfg.pop("source", "toyworld") != "toyworld":
-        raise ValueError("clip_pretrain supports data.source: toyworld")
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
     image_size = int(model_cfg["vision_cfg"]["image_size"])
-    if int(data_cfg.get("image_size", image_size)) != image_size:
-        raise ValueError("data.image_size must equal model.vision_cfg.image_size")
-    data_cfg["image_size"] = image_size
+    data_cfg = training_world_args(data_cfg, image_size, "clip_pretrain")
     torch.manual_seed(train_cfg.seed)
     ensure_registered(model_cfg)
     model = CLIP(**model_cfg)

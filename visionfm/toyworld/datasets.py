@@ -9,6 +9,24 @@ from ..data.datasets import EvalDataset, register_source
 from .world import POSITIONS, SIZES, ToyWorld, class_names
 
 
+def training_world_args(data_cfg: dict[str, Any], image_size: int, task: str) -> dict[str, Any]:
+    """A toy pretraining recipe's ``data:`` section (its task's own keys already popped) as ``ToyWorld`` keyword
+    arguments: ``source`` must be ``toyworld`` and ``image_size`` (default: the model's) must equal the model's.
+
+    Raises:
+        ValueError: naming the key and the task.
+    """
+    args = dict(data_cfg)
+    if args.pop("source", "toyworld") != "toyworld":
+        raise ValueError(f"{task} supports data.source: toyworld")
+    args["image_size"] = int(args.get("image_size", image_size))
+    if args["image_size"] != image_size:
+        raise ValueError(
+            f"{task}: data.image_size ({args['image_size']}) must equal the model's image size ({image_size})"
+        )
+    return args
+
+
 def toyworld_source(name: str, spec: dict[str, Any], root: Path, num: int | None) -> EvalDataset:
     """``{split, num, label: colour_shape|shape|colour|size|position|none, seed, image_size, min_objects, max_objects,
     target: none|semantic_colour|semantic_shape}``; scenes are generated, ``root`` is unused."""

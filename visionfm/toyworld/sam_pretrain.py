@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..training.loop import TrainConfig, Trainer
+from .datasets import training_world_args
 from .world import ToyWorld
 
 logger = logging.getLogger(__name__)
@@ -146,16 +147,12 @@ def run(recipe: dict[str, Any]) -> Path:
 
     model_cfg = dict(recipe["model"])
     data_cfg = dict(recipe.get("data", {}))
-    if data_cfg.pop("source", "toyworld") != "toyworld":
-        raise ValueError("sam_pretrain supports data.source: toyworld")
     prompts = int(data_cfg.pop("prompts", 4))
     bg = float(data_cfg.pop("background_prob", 0.15))
     jitter = float(data_cfg.pop("box_jitter", 2.0))
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
     image = int(model_cfg["image_size"])
-    data_cfg["image_size"] = int(data_cfg.get("image_size", image))
-    if data_cfg["image_size"] != image:
-        raise ValueError("data.image_size must equal model.image_size")
+    data_cfg = training_world_args(data_cfg, image, "sam_pretrain")
     torch.manual_seed(train_cfg.seed)
     model = SamModel(sam_config(model_cfg))
     with torch.no_grad():

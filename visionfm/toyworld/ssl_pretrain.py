@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..training.loop import TrainConfig, Trainer
+from .datasets import training_world_args
 from .world import ToyWorld
 
 logger = logging.getLogger(__name__)
@@ -225,15 +226,11 @@ def run(recipe: dict[str, Any]) -> Path:
     objective = str(ssl_cfg.get("objective", "dino"))
     if objective not in ("dino", "simclr"):
         raise ValueError(f"ssl.objective must be 'dino' or 'simclr', got {objective!r}")
-    if data_cfg.pop("source", "toyworld") != "toyworld":
-        raise ValueError("ssl_pretrain supports data.source: toyworld")
     view_keys = ("local_crops", "local_size", "global_scale", "local_scale", "grey_prob", "permute_prob", "invert_prob")
     views = {k: data_cfg.pop(k) for k in view_keys if k in data_cfg}
     train_cfg = TrainConfig.from_dict(dict(recipe["train"]))
     image = int(model_cfg["image_size"])
-    data_cfg["image_size"] = int(data_cfg.get("image_size", image))
-    if data_cfg["image_size"] != image:
-        raise ValueError("data.image_size must equal model.image_size")
+    data_cfg = training_world_args(data_cfg, image, "ssl_pretrain")
     torch.manual_seed(train_cfg.seed)
     arch = str(model_cfg.get("arch", "vit"))
     if arch == "vit":
