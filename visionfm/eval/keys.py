@@ -10,8 +10,12 @@ import torch
 
 
 def model_fingerprint(encoder: torch.nn.Module) -> str:
-    """sha256 over the model's state dict (names, shapes, dtypes and bytes), independent of where it was loaded."""
+    """sha256 over the model's state dict (names, shapes, dtypes and bytes), independent of where it was loaded,
+    and over its speed options (token merging, quantization) when any is on: they change the outputs."""
     h = hashlib.sha256()
+    speed = getattr(encoder, "speed_options", None)
+    if speed:
+        h.update(json.dumps(speed, sort_keys=True, default=str).encode())
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())

@@ -24,6 +24,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class _Aimv2Vision:
         with tap_blocks(vm.encoder.layers, idx) as taps:
             out = vm(pixel_values=pixel_values.to(self.dtype), return_dict=True)  # type: ignore[attr-defined]
         return out, tokens_to_grid(out.last_hidden_state, grid), grid, taps
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks (AIMv2 has no class token)."""
+        model = self.model  # type: ignore[attr-defined]
+        vm = getattr(model, "vision_model", model)
+        return TokenMergingSites(blocks=vm.encoder.layers, prefix=0)
 
 
 class Aimv2VisionEncoder(_Aimv2Vision, Encoder):

@@ -27,6 +27,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class DinoEncoder(Encoder):
         x = torch.cat([emb.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         pos = resize_pos_embed(emb.position_embeddings[0], 1, self._native, grid, "dino")
         return emb.dropout(x + pos.to(x.dtype))
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks, after the class token."""
+        return TokenMergingSites(blocks=self.blocks, prefix=1)
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one pass.

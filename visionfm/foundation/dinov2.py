@@ -20,6 +20,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ class Dinov2Encoder(Encoder):
         )
         super().__init__(info, preprocess_config)
         self.model = model
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks, after the class token and registers."""
+        return TokenMergingSites(blocks=self.model.encoder.layer, prefix=1 + self._info.num_registers)
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one model pass.

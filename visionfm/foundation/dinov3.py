@@ -22,6 +22,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,12 @@ class Dinov3ViTEncoder(Encoder):
         )
         super().__init__(info, preprocess_config)
         self.model = model
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks, after the class token and registers; the rotary tables follow the merged tokens."""
+        return TokenMergingSites(
+            blocks=self.model.model.layer, prefix=1 + self._info.num_registers, rope_kwarg="position_embeddings"
+        )
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one model pass.

@@ -32,6 +32,8 @@ class Encoder(nn.Module):
         super().__init__()
         self._info = info
         self.preprocess_config = preprocess_config
+        #: the speed options applied at load (``visionfm.foundation.speed.apply_speed_options``); ``{}`` when none
+        self.speed_options: dict[str, Any] = {}
 
     @property
     def info(self) -> EncoderInfo:
@@ -86,6 +88,17 @@ class Encoder(nn.Module):
         original = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         pixels, resized = preprocess_uint8(tensors, self.preprocess_config, device=self.device)
         return pixels.to(self.dtype), original, resized
+
+    # -- speed options ---------------------------------------------------------------------------
+    token_merging: Any = None  # the installed visionfm.foundation.token_merging.TokenMerging, else None
+
+    def token_merging_sites(self) -> Any:
+        """Where tokens may be merged (a :class:`visionfm.foundation.token_merging.TokenMergingSites`); families
+        with ViT blocks override this. The default raises: this family has no blocks to merge in."""
+        raise ValueError(
+            f"token merging is not available for {type(self).__name__} ({self._info.family}/{self._info.backend}): "
+            "it works on ViT blocks; this encoder has none that it supports"
+        )
 
     # -- encoding --------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
@@ -271,14 +284,17 @@ def tap_blocks(blocks: Sequence[nn.Module], indices: Sequence[int]) -> Iterator[
     """Capture the outputs of ``blocks[i]`` for ``i in indices`` during a forward pass.
 
     Yields a dict filled as the forward runs: ``{i: output}`` (the first element when a block
-    returns a tuple). Hooks are removed on exit, also on error.
+    returns a tuple; with token merging on, restored to the full token sequence). Hooks are removed on exit, also
+    on error.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
 
     def make_hook(i: int):
-        def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
-            captured[i] = out[0] if isinstance(out, (tuple, list)) else out
+        def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            unmerge = getattr(module, "_vfm_unmerge", None)  # token merging: back on the full token sequence
+            captured[i] = unmerge(out) if unmerge is not None else out
 
         return hook
 

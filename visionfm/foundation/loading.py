@@ -428,6 +428,10 @@ def load_encoder(
     adapter: str | os.PathLike | None = None,
     compile: bool | dict[str, Any] = False,
     channels_last: bool = False,
+    token_merging: int | float | None = None,
+    quantize: str | None = None,
+    calibration: Any = None,
+    preset: str | None = None,
     **overrides: Any,
 ) -> Encoder:
     """Build an encoder from an alias, a hub id, an open_clip tag or a local directory.
@@ -451,6 +455,15 @@ def load_encoder(
             arguments such as ``{"mode": "max-autotune"}``); the first call of each input shape compiles.
         channels_last: store convolution weights, and expect inputs, in NHWC memory layout (faster convolutions
             on GPUs with tensor cores: the CLIP ResNets, SAM's neck, the VAE of DiT).
+        token_merging: merge similar tokens in the ViT blocks (``visionfm.foundation.token_merging``): an int ``r``
+            (tokens merged per block, ToMe's ``r``) or a float ratio in ``(0, 1)``; ``Features.patches`` and layer
+            taps stay on the full patch grid. ``None`` (default): off.
+        quantize: ``"int8"`` (dynamic int8 Linear layers, CPU), ``"int8-static"`` (int8 with activation ranges
+            calibrated on ``calibration``, CPU), ``"int8-weight"`` / ``"int4-weight"`` (weight-only, through
+            torchao; int4 needs CUDA); see ``visionfm.foundation.quantize``. ``None`` (default): off.
+        calibration: images (anything :meth:`Encoder.encode` accepts) for ``quantize="int8-static"``.
+        preset: ``"fast"``: the speed options that pay on ``device`` (``visionfm.foundation.speed.fast_options``:
+            on this repository's CPUs without bf16 instructions, int8 + token merging); explicit arguments win.
         **overrides: family options (e.g. ``timestep=`` for DiT); unknown ones raise, listing the
             valid ones.
 
@@ -462,7 +475,14 @@ def load_encoder(
         >>> "dinov2-small" in [m.name for m in vfm.list_models()]
         True
     """
+    from .speed import apply_speed_options, resolve_speed_options
+
     name = os.fspath(name)
+    dev = resolve_device(device)
+    speed = resolve_speed_options(
+        preset, dev, dtype=dtype, token_merging=token_merging, quantize=quantize, calibration=calibration
+    )
+    dtype = speed.pop("dtype")
     spec = get_spec(name) if not Path(os.path.expanduser(name)).is_dir() else None
     fam_name = spec.family if spec else None
     # Validate options before any download so a typo costs nothing.
@@ -504,10 +524,11 @@ def load_encoder(
         extra={**extra, "format": backend_detected},
     )
     enc = family.build(req)
-    enc = enc.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
+    enc = enc.to(device=dev, dtype=resolve_dtype(dtype)).eval()
     if adapter is not None:
         load_adapter = get_hook("adapter_loader", needed_for="load_encoder(adapter=...)", provider="visionfm.adapters")
         load_adapter(enc, adapter, allow_pickle=allow_pickle, local_files_only=local_files_only, cache_dir=cache_dir)
+    apply_speed_options(enc, **speed)
     if channels_last:
         enc = enc.to(memory_format=torch.channels_last)
     if compile:
@@ -532,5 +553,5 @@ def _validate_options(family: str, overrides: dict[str, Any]) -> None:
         raise TypeError(
             f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid) or 'none'} "
             "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir, adapter, compile, "
-            "channels_last)"
+            "channels_last, token_merging, quantize, calibration, preset)"
         )

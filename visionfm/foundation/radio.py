@@ -34,6 +34,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,10 @@ class RadioEncoder(Encoder):
             pixel_values.float(), size=new, mode="bicubic", align_corners=False, antialias=True
         )
         return x.to(pixel_values.dtype)
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks, after the summary (class) tokens and registers."""
+        return TokenMergingSites(blocks=self.model.encoder.layer, prefix=self.num_cls_tokens + self._info.num_registers)
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode [0, 1] pixels in one model pass.

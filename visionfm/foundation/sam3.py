@@ -36,6 +36,7 @@ from .features import EncoderInfo, Features
 from .loading import hf_model_type, load_hf_model
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,10 @@ class Sam3Encoder(Encoder):
         self._phrase_cache: OrderedDict[tuple, PhraseEmbeds] = OrderedDict()
 
     # -- the image encoder contract -------------------------------------------------------------
+    def token_merging_sites(self) -> TokenMergingSites:
+        """Around the MLPs of the windowed ViT backbone (attention keeps the full grid)."""
+        return TokenMergingSites(blocks=self.model.vision_encoder.backbone.layers, mode="mlp")
+
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels with the vision backbone (no neck, no heads).
 

@@ -46,6 +46,7 @@ from .features import EncoderInfo, Features
 from .loading import find_weights, read_json, read_state_dict
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, register_family
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +412,10 @@ class StudentEncoder(Encoder):
         return self.adaptors[teacher]  # type: ignore[return-value]
 
     # -- image side ----------------------------------------------------------------------------------
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The student's ViT blocks, after its class token and registers."""
+        return TokenMergingSites(blocks=self.student.blocks, prefix=self.student.num_prefix)
+
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one pass.
 

@@ -40,6 +40,7 @@ from .features import EncoderInfo, Features
 from .loading import CheckpointError, find_weights, read_json, read_state_dict
 from .preprocess import PreprocessConfig
 from .registry import Family, LoadRequest, ModelSpec, TargetLayout, register_family, register_model
+from .token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,10 @@ class TimmEncoder(Encoder):
             return tuple(int(g) for g in pe.dynamic_feat_size((h, w)))  # type: ignore[return-value]
         p = self._info.patch_size
         return h // p, w // p
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The ViT blocks, after the prefix (class, register) tokens."""
+        return TokenMergingSites(blocks=self.model.blocks, prefix=int(self.model.num_prefix_tokens))
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one pass.

@@ -14,7 +14,10 @@ from ..foundation.encoder import Encoder
 logger = logging.getLogger(__name__)
 
 _TASKS: dict[str, type[Pipeline]] = {}
-_LOAD_OPTIONS = ("allow_pickle", "local_files_only", "revision", "cache_dir", "backend", "adapter")
+_LOAD_OPTIONS = (
+    "allow_pickle", "local_files_only", "revision", "cache_dir", "backend", "adapter",
+    "token_merging", "quantize", "calibration", "preset",
+)  # fmt: skip
 
 
 def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:

@@ -41,6 +41,7 @@ from ..loading import (
 )
 from ..preprocess import PreprocessConfig
 from ..registry import LoadRequest
+from ..token_merging import TokenMergingSites
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,21 @@ class OpenClipEncoder(_ClipBase):
     def logit_scale(self) -> float:  # type: ignore[override]
         """exp of the learned temperature (the multiplier on cosine similarities)."""
         return float(self.model.logit_scale.detach().exp())
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The image tower's ViT blocks: open_clip's own (after the class token) or a timm trunk's (after its prefix
+        tokens). ResNet and other CNN towers have none."""
+        v = self.model.visual
+        if self.is_timm and _timm_taps(v.trunk) is not None and hasattr(v.trunk, "blocks"):
+            return TokenMergingSites(blocks=v.trunk.blocks, prefix=int(v.trunk.num_prefix_tokens))
+        if not self.is_resnet and not self.is_timm:
+            prefix = 0 if getattr(v, "class_embedding", None) is None else 1
+            return TokenMergingSites(
+                blocks=v.transformer.resblocks,
+                prefix=prefix,
+                batch_first=bool(getattr(v.transformer, "batch_first", True)),
+            )
+        return super().token_merging_sites()
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         v = self.model.visual
@@ -362,6 +378,10 @@ class HFClipEncoder(_ClipBase):
         """exp of the learned temperature (the multiplier on cosine similarities)."""
         return float(self.model.logit_scale.detach().exp())
 
+    def token_merging_sites(self) -> TokenMergingSites:
+        """The vision tower's blocks, after the class token (CLIP; SigLIP has none)."""
+        return TokenMergingSites(blocks=self.model.vision_model.encoder.layers, prefix=1 if self.kind == "clip" else 0)
+
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         vm = self.model.vision_model
         idx = self._layer_indices(layers)
@@ -433,6 +453,13 @@ class HFSiglip2Encoder(HFClipEncoder):
                  max_num_patches: int) -> None:  # fmt: skip
         super().__init__(model, tokenizer, preprocess_config, name)
         self.max_num_patches = int(max_num_patches)
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """None: NaFlex batches carry a padding mask over the token sequence, which merging would invalidate."""
+        raise ValueError(
+            f"token merging is not available for SigLIP 2 NaFlex ({self._info.name!r}): its packed batches carry a "
+            "per-token padding mask; use a fixed-resolution SigLIP 2 checkpoint"
+        )
 
     def _run(self, packed: torch.Tensor, mask: torch.Tensor, shapes: torch.Tensor, idx: list[int]) -> tuple:
         vm = self.model.vision_model

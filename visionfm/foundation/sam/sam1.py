@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..encoder import tap_blocks
 from ..features import EncoderInfo, Features
 from ..preprocess import PreprocessConfig
+from ..token_merging import TokenMergingSites
 from .prompting import AutoMaskDefaults, PromptableEncoder
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ class SamEncoder(PromptableEncoder):
         )
         super().__init__(info, preprocess_config)
         self.model = model
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """Around the MLPs of the windowed ViT (attention windows and relative positions keep the full grid)."""
+        return TokenMergingSites(blocks=self.model.vision_encoder.layers, mode="mlp")
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one vision-encoder pass.

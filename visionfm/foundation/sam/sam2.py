@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..encoder import tap_blocks
 from ..features import EncoderInfo, Features
 from ..preprocess import PreprocessConfig
+from ..token_merging import TokenMergingSites
 from .prompting import AutoMaskDefaults, PromptableEncoder
 from .sam1 import SAM_MEAN, SAM_STD, square_size
 
@@ -163,6 +164,12 @@ class Sam2Encoder(PromptableEncoder):
         fpn = list(out.fpn_hidden_states)
         fpn[-1] = fpn[-1] + self.model.no_memory_embedding.reshape(1, -1, 1, 1)
         return fpn, {i: taps[i] for i in idx}
+
+    def token_merging_sites(self) -> TokenMergingSites:
+        """Around the MLPs of the Hiera blocks (SAM 2 / 2.1); EdgeTAM's RepViT backbone has none."""
+        if self.variant != "sam2":
+            return super().token_merging_sites()
+        return TokenMergingSites(blocks=self.model.vision_encoder.backbone.blocks, mode="mlp")
 
     def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
         """Encode preprocessed pixels in one vision-encoder pass.
