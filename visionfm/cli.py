@@ -66,6 +66,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--speed``, ``--token-merging``, ``--quantize``: load_encoder's speed options."""
+    p.add_argument("--speed", choices=["fast"], help="speed preset: the options that pay on the device")
+    p.add_argument("--token-merging", type=float, help="merge tokens in ViT blocks: r per block (>= 1) or a ratio")
+    p.add_argument("--quantize", choices=["int8", "int8-weight", "int4-weight"], help="quantize the encoder")
+
+
+def _speed_options(args: argparse.Namespace) -> dict:
+    """The speed options given on the command line, for load_encoder."""
+    out: dict = {}
+    if getattr(args, "speed", None):
+        out["speed"] = args.speed
+    tm = getattr(args, "token_merging", None)
+    if tm is not None:
+        out["token_merging"] = int(tm) if tm >= 1 and float(tm).is_integer() else tm
+    if getattr(args, "quantize", None):
+        out["quantize"] = args.quantize
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run an evaluation suite, or aggregate results into a report."""
     if args.report:
@@ -81,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, overrides={"num": args.num, "set": args.set, "data_root": args.data_root})
     runner = Runner(suite, args.model, args.out or "results", batch_size=args.batch_size, chunk_size=args.chunk_size,
-                    num_workers=args.num_workers)  # fmt: skip
+                    num_workers=args.num_workers, load_options=_speed_options(args))  # fmt: skip
     report = runner.run()
     failed = [r for r in report["results"] if "error" in r]
     if runner.is_main:
@@ -159,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     labels = [x.strip() for item in (args.labels or []) for x in item.split(",") if x.strip()]
     if args.task != "generation" and not args.images:
         raise ValueError(f"{args.task} needs at least one image file")
+    kw.update(_speed_options(args))
     pipe = pipeline(args.task, model=args.model, device=args.device, batch_size=args.batch_size, **kw)
     records = []
     if args.task == "zero-shot-classification":
@@ -336,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--device", default="auto")
     r.add_argument("--out", help="directory for the JSON results")
+    _add_speed_arguments(r)
     r.set_defaults(func=cmd_run)
     e = sub.add_parser("eval", help="run an evaluation suite (shipped name or YAML), or --report DIR")
     e.add_argument("suite", nargs="?", help="shipped suite name (toyworld, ...) or a YAML file")
@@ -354,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--chunk-size", type=int, default=256, help="samples per persisted chunk (unit of resume)")
     e.add_argument("--num-workers", type=int, default=0)
+    _add_speed_arguments(e)
     e.set_defaults(func=cmd_eval)
     t = sub.add_parser("train", help="run a recipe YAML (e.g. recipes/toyworld_clip.yaml)")
     t.add_argument("recipe", help="recipe path or built-in name")

@@ -68,7 +68,7 @@ def test_contract_kept_and_tokens_reduced(kind):
 def test_off_is_bit_identical_to_a_plain_load(kind):
     path = tiny_checkpoint(kind)
     plain = vfm.load_encoder(path, device="cpu")
-    off = vfm.load_encoder(path, device="cpu", token_merging=None, quantize=None, preset=None)
+    off = vfm.load_encoder(path, device="cpu", token_merging=None, quantize=None, speed=None)
     x = torch.randn(2, 3, *plain.info.image_size)
     a, b = _features(plain, x, [0]), _features(off, x, [0])
     assert torch.equal(a.pooled, b.pooled) and torch.equal(a.patches, b.patches)
@@ -232,3 +232,30 @@ def test_eval_fingerprint_tells_merged_models_apart():
     merged = vfm.load_encoder(path, device="cpu", token_merging=2)
     assert model_fingerprint(plain) == model_fingerprint(vfm.load_encoder(path, device="cpu"))
     assert model_fingerprint(plain) != model_fingerprint(merged)
+
+
+def test_eval_suite_runs_with_speed_options_and_records_them(tmp_path):
+    from visionfm.eval.runner import Runner
+    from visionfm.eval.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "tm",
+        "datasets": {"test": {"source": "toyworld", "split": "test", "num": 8, "seed": 3, "label": "shape"}},
+        "tasks": [{"name": "zs", "task": "zero_shot_classification", "dataset": "test", "templates": ["a {}."]}],
+    })  # fmt: skip
+    path = str(tiny_checkpoint("clip"))
+    plain = Runner(suite, path, tmp_path / "a", batch_size=4, chunk_size=4)
+    merged = Runner(suite, path, tmp_path / "b", batch_size=4, chunk_size=4, load_options={"token_merging": 0.5})
+    assert merged.encoder.speed_options["token_merging"] == 0.5 and plain.encoder.speed_options == {}
+    assert merged.fingerprint != plain.fingerprint
+    result = merged.run()["results"][0]
+    assert result["samples"] == 8 and "error" not in result
+
+
+def test_cli_speed_arguments_reach_load_encoder():
+    from visionfm.cli import _speed_options, build_parser
+
+    args = build_parser().parse_args(["eval", "toyworld", "--model", "m", "--token-merging", "8", "--quantize", "int8"])
+    assert _speed_options(args) == {"token_merging": 8, "quantize": "int8"}
+    args = build_parser().parse_args(["run", "zero-shot-seg", "x.png", "--token-merging", "0.5", "--speed", "fast"])
+    assert _speed_options(args) == {"speed": "fast", "token_merging": 0.5}

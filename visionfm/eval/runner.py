@@ -95,6 +95,9 @@ class Runner:
         num_workers: DataLoader workers.
         accelerator: an ``accelerate.Accelerator`` (default: a new one; CPU if no GPU).
         after_chunk: test hook called with the number of chunks finished so far in this process's run.
+        load_options: extra ``load_encoder`` options when ``model`` is a name, e.g. ``{"token_merging": 0.5}``,
+            ``{"quantize": "int8"}`` or ``{"speed": "fast"}`` (they are part of the model's fingerprint, so
+            results with and without them are kept apart).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Runner:
         num_workers: int = 0,
         accelerator: Any = None,
         after_chunk: Callable[[int], None] | None = None,
+        load_options: dict[str, Any] | None = None,
     ) -> None:
         from ..training.loop import make_accelerator
 
@@ -123,7 +127,7 @@ class Runner:
         else:
             from ..foundation.loading import load_encoder
 
-            self.encoder = load_encoder(str(model), device=self.accelerator.device)
+            self.encoder = load_encoder(str(model), device=self.accelerator.device, **(load_options or {}))
             self.model_name = str(model)
             local = Path(os.path.expanduser(str(model)))
             model_id = str(local.resolve()) if local.exists() else str(model)

@@ -431,7 +431,7 @@ def load_encoder(
     token_merging: int | float | None = None,
     quantize: str | None = None,
     calibration: Any = None,
-    preset: str | None = None,
+    speed: str | None = None,
     **overrides: Any,
 ) -> Encoder:
     """Build an encoder from an alias, a hub id, an open_clip tag or a local directory.
@@ -462,7 +462,7 @@ def load_encoder(
             calibrated on ``calibration``, CPU), ``"int8-weight"`` / ``"int4-weight"`` (weight-only, through
             torchao; int4 needs CUDA); see ``visionfm.foundation.quantize``. ``None`` (default): off.
         calibration: images (anything :meth:`Encoder.encode` accepts) for ``quantize="int8-static"``.
-        preset: ``"fast"``: the speed options that pay on ``device`` (``visionfm.foundation.speed.fast_options``:
+        speed: ``"fast"``: the speed preset, the options that pay on ``device`` (``visionfm.foundation.speed.fast_options``:
             on this repository's CPUs without bf16 instructions, int8 + token merging); explicit arguments win.
         **overrides: family options (e.g. ``timestep=`` for DiT); unknown ones raise, listing the
             valid ones.
@@ -479,10 +479,10 @@ def load_encoder(
 
     name = os.fspath(name)
     dev = resolve_device(device)
-    speed = resolve_speed_options(
-        preset, dev, dtype=dtype, token_merging=token_merging, quantize=quantize, calibration=calibration
+    speed_opts = resolve_speed_options(
+        speed, dev, dtype=dtype, token_merging=token_merging, quantize=quantize, calibration=calibration
     )
-    dtype = speed.pop("dtype")
+    dtype = speed_opts.pop("dtype")
     spec = get_spec(name) if not Path(os.path.expanduser(name)).is_dir() else None
     fam_name = spec.family if spec else None
     # Validate options before any download so a typo costs nothing.
@@ -528,7 +528,7 @@ def load_encoder(
     if adapter is not None:
         load_adapter = get_hook("adapter_loader", needed_for="load_encoder(adapter=...)", provider="visionfm.adapters")
         load_adapter(enc, adapter, allow_pickle=allow_pickle, local_files_only=local_files_only, cache_dir=cache_dir)
-    apply_speed_options(enc, **speed)
+    apply_speed_options(enc, **speed_opts)
     if channels_last:
         enc = enc.to(memory_format=torch.channels_last)
     if compile:
@@ -553,5 +553,5 @@ def _validate_options(family: str, overrides: dict[str, Any]) -> None:
         raise TypeError(
             f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid) or 'none'} "
             "(plus backend, device, dtype, allow_pickle, local_files_only, revision, cache_dir, adapter, compile, "
-            "channels_last, token_merging, quantize, calibration, preset)"
+            "channels_last, token_merging, quantize, calibration, speed)"
         )

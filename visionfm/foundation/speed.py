@@ -1,4 +1,5 @@
-"""Speed options of ``load_encoder``: token merging, quantization, bf16, and the ``"fast"`` preset that picks them.
+"""Speed options of ``load_encoder``: token merging, quantization, bf16, and the ``speed="fast"`` preset that picks
+them.
 
 What pays where was measured (``python -m benchmarks --suite speed-quality``; figures in ``docs/benchmarks.md``):
 
@@ -21,7 +22,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("fast",)
+SPEED_PRESETS = ("fast",)
 #: token merging of the ``"fast"`` preset: the ratio of patch tokens merged away by the last block ("sequence"
 #: families) or around each MLP ("mlp" families); chosen on the toy models' accuracy (docs/benchmarks.md).
 FAST_TOKEN_MERGING = 0.5
@@ -46,7 +47,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def fast_options(device: torch.device) -> dict[str, Any]:
-    """The options of ``preset="fast"`` on ``device`` (see the module docstring)."""
+    """The options of ``speed="fast"`` on ``device`` (see the module docstring)."""
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
         return {"dtype": torch.bfloat16, "token_merging": FAST_TOKEN_MERGING}
     if device.type == "cpu":
@@ -55,7 +56,7 @@ def fast_options(device: torch.device) -> dict[str, Any]:
 
 
 def resolve_speed_options(
-    preset: str | None,
+    speed: str | None,
     device: torch.device,
     *,
     dtype: Any = None,
@@ -66,14 +67,14 @@ def resolve_speed_options(
     """Merge a preset with explicit options (explicit ones win) and validate them before any loading.
 
     Returns:
-        ``{"dtype", "token_merging", "quantize", "calibration", "preset"}``.
+        ``{"dtype", "token_merging", "quantize", "calibration", "speed"}``.
     """
     from .token_merging import parse_token_merging
 
     chosen: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset={preset!r} is not known; choose from {list(PRESETS)} or None")
+    if speed is not None:
+        if speed not in SPEED_PRESETS:
+            raise ValueError(f"speed={speed!r} is not a speed preset; choose from {list(SPEED_PRESETS)} or None")
         chosen = fast_options(device)
     if quantize is not None and dtype is None and "dtype" in chosen:
         chosen.pop("dtype")  # quantization runs from fp32 weights
@@ -98,7 +99,7 @@ def resolve_speed_options(
         "token_merging": parse_token_merging(chosen.get("token_merging")),
         "quantize": q,
         "calibration": calibration,
-        "preset": preset,
+        "speed": speed,
     }
 
 
@@ -108,14 +109,14 @@ def apply_speed_options(
     token_merging: int | float | None = None,
     quantize: str | None = None,
     calibration: Any = None,
-    preset: str | None = None,
+    speed: str | None = None,
 ) -> dict[str, Any]:
     """Apply resolved options to a loaded encoder, in place; record them as ``encoder.speed_options``.
 
     Nothing is installed when every option is off, so the encoder is then bit-identical to a plain load.
 
     Returns:
-        ``encoder.speed_options``: ``{}`` when off, else ``{"preset", "token_merging", "quantize", "dtype"}``.
+        ``encoder.speed_options``: ``{}`` when off, else ``{"speed", "token_merging", "quantize", "dtype"}``.
     """
     from .token_merging import apply_token_merging
 
@@ -130,8 +131,8 @@ def apply_speed_options(
     if token_merging is not None:
         apply_token_merging(encoder, token_merging)
     opts: dict[str, Any] = {}
-    if preset or token_merging is not None or quantize is not None:
+    if speed or token_merging is not None or quantize is not None:
         dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), torch.float32)
-        opts = {"preset": preset, "token_merging": token_merging, "quantize": quantize, "dtype": str(dtype)}
+        opts = {"speed": speed, "token_merging": token_merging, "quantize": quantize, "dtype": str(dtype)}
     encoder.speed_options = opts
     return opts

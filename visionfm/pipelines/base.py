@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 _TASKS: dict[str, type[Pipeline]] = {}
 _LOAD_OPTIONS = (
     "allow_pickle", "local_files_only", "revision", "cache_dir", "backend", "adapter",
-    "token_merging", "quantize", "calibration", "preset",
+    "token_merging", "quantize", "calibration", "speed",
 )  # fmt: skip
 
 
