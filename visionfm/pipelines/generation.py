@@ -17,12 +17,16 @@
   and ``PixArtSigmaPipeline`` do, with the checkpoint's scheduler (parity is tested). The quick default is
   diffusers' and PixArt's: 20 steps, cfg 4.5. Size defaults to the transformer's ``sample_size`` times the VAE
   scale; diffusers' aspect-ratio binning is not applied (it equals diffusers with ``use_resolution_binning=False``).
+- ``cache=`` (at construction: the default; at call time: this call) skips the middle denoiser blocks on some steps
+  and reuses their residuals from the last full step (:mod:`visionfm.foundation.step_cache`); off by default, and
+  then the sampling loop is the uncached one. The protocol records it under ``"cache"``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..foundation.encoder import Encoder
 from ..foundation.generator import Generator
+from ..foundation.step_cache import StepCache, cached_blocks, parse_cache
 from .base import Pipeline, register_pipeline
 
 logger = logging.getLogger(__name__)
@@ -122,13 +127,16 @@ class GenerationPipeline(Pipeline):
 
     default_model = "dit-xl-2-256"
 
-    def __init__(self, encoder: Encoder, *, batch_size: int = 8) -> None:
+    def __init__(self, encoder: Encoder, *, batch_size: int = 8, cache: Any = None) -> None:
+        """Args: ``encoder`` a generator; ``batch_size`` images per batch; ``cache`` the default step caching of
+        every call (any form :func:`~visionfm.foundation.step_cache.parse_cache` accepts; default: off)."""
         super().__init__(encoder, batch_size=batch_size)
         if not isinstance(encoder, Generator):
             raise TypeError(
                 f"generation needs a generator (visionfm.foundation.generator.Generator: DiT, PixArt), got "
                 f"{type(encoder).__name__} (family {encoder.info.family!r})"
             )
+        self.cache = parse_cache(cache)
 
     @property
     def text_to_image(self) -> bool:
@@ -151,6 +159,7 @@ class GenerationPipeline(Pipeline):
         width: int | None = None,
         output_type: str = "pil",
         progress: bool | None = None,
+        cache: Any = None,
     ) -> GenerationResult:
         """Generate images; see the module docstring.
 
@@ -167,15 +176,20 @@ class GenerationPipeline(Pipeline):
             height, width: PixArt: image size in pixels (default: the checkpoint's native size).
             output_type: ``"pil"`` or ``"np"`` (HWC uint8 arrays).
             progress: tqdm bar over the denoising steps (``False`` hides it).
+            cache: step caching (:func:`~visionfm.foundation.step_cache.parse_cache`): ``False`` or ``1`` off,
+                ``True``/``"fast"``/``N`` a full step every 2nd/N-th step, a dict or ``StepCache`` for all fields;
+                ``None`` (default): the pipeline's default, set at construction (off unless set there).
 
         Returns:
             A :class:`GenerationResult`, images in input order (all images of the first label/prompt first).
         """
         if output_type not in ("pil", "np"):
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        step_cache = self.cache if cache is None else parse_cache(cache)
         if self.text_to_image:
             return self._text_to_image(labels, prompts, num_images_per_label, num_images_per_prompt, negative_prompt,
-                                       guidance_scale, steps, seed, preset, height, width, output_type, progress)  # fmt: skip
+                                       guidance_scale, steps, seed, preset, height, width, output_type, progress,
+                                       step_cache)  # fmt: skip
         name = self.encoder.info.name
         if prompts is not None:
             raise ValueError(f"prompts= needs a text-to-image model (PixArt); {name!r} is a class-conditional DiT: "
@@ -203,13 +217,14 @@ class GenerationPipeline(Pipeline):
         seeds = [seed + i for i in range(len(ids))]
         with torch.inference_mode():
             latents = torch.cat([self._sample(ids[i : i + self.batch_size], seeds[i : i + self.batch_size], steps, cfg,
-                                              progress) for i in range(0, len(ids), self.batch_size)])  # fmt: skip
+                                              progress, step_cache)
+                                 for i in range(0, len(ids), self.batch_size)])  # fmt: skip
             images = self._decode(latents)
         names = [getattr(enc, "id2label", {}).get(i, "") for i in ids]
         protocol = {"model": enc.info.name, "kind": "class-conditional", "steps": steps, "guidance_scale": cfg,
                     "preset": preset, "scheduler": type(enc.scheduler).__name__,
                     "dtype": str(enc.dtype).removeprefix("torch."), "num_images_per_label": num_images_per_label,
-                    "seed": seed}  # fmt: skip
+                    "seed": seed, "cache": _cache_protocol(step_cache, steps)}  # fmt: skip
         return GenerationResult(images=_as_output(images, output_type), labels=ids, names=names, seeds=seeds,
                                 protocol=protocol, prompts=[""] * len(ids))  # fmt: skip
 
@@ -229,6 +244,7 @@ class GenerationPipeline(Pipeline):
         width: int | None,
         output_type: str,
         progress: bool | None,
+        step_cache: StepCache | None = None,
     ) -> GenerationResult:
         """PixArt-α/Σ text-to-image generation (``PixArt*Pipeline``'s loop, one generator per image)."""
         enc = self.encoder
@@ -276,13 +292,14 @@ class GenerationPipeline(Pipeline):
             for i in range(0, len(per_image), self.batch_size):
                 r = rows[i : i + self.batch_size]
                 latents.append(self._sample_text(emb[r], mask[r], neg, seeds[i : i + self.batch_size], steps, cfg,
-                                                 height, width, progress))  # fmt: skip
+                                                 height, width, progress, step_cache))  # fmt: skip
             images = self._decode(torch.cat(latents))
         protocol = {"model": name, "kind": "text-to-image", "variant": getattr(enc, "variant", ""), "steps": steps,
                     "guidance_scale": cfg, "preset": preset, "scheduler": type(enc.scheduler).__name__,
                     "dtype": str(enc.dtype).removeprefix("torch."), "num_images_per_prompt": n, "seed": seed,
                     "prompts": list(prompts), "negative_prompt": negative_prompt, "height": height, "width": width,
-                    "max_sequence_length": int(enc.max_sequence_length), "resolution_binning": False}  # fmt: skip
+                    "max_sequence_length": int(enc.max_sequence_length), "resolution_binning": False,
+                    "cache": _cache_protocol(step_cache, steps)}  # fmt: skip
         return GenerationResult(images=_as_output(images, output_type), labels=[-1] * len(per_image),
                                 names=[""] * len(per_image), seeds=seeds, protocol=protocol, prompts=per_image)  # fmt: skip
 
@@ -297,11 +314,13 @@ class GenerationPipeline(Pipeline):
         height: int,
         width: int,
         progress: bool | None,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """Denoised latents ``[B, C, height / vae_scale, width / vae_scale]`` for one batch.
 
         ``emb`` ``[B, L, D_text]`` and ``mask`` ``[B, L]`` are the prompts' T5 embeddings; ``neg`` the negative
-        prompt's (``[1, L, D_text]``, ``[1, L]``), used when ``cfg > 1``.
+        prompt's (``[1, L, D_text]``, ``[1, L]``), used when ``cfg > 1``. ``step_cache``: block caching across the
+        steps (``None``: off).
         """
         import inspect
 
@@ -326,26 +345,38 @@ class GenerationPipeline(Pipeline):
             emb = torch.cat([neg[0].expand(b, -1, -1).to(emb.dtype), emb])
             mask = torch.cat([neg[1].expand(b, -1), mask])
         added = enc.added_cond_kwargs(len(emb), height, width, emb.dtype)
-        for t in tqdm(scheduler.timesteps, desc="generation", disable=progress is False):
-            xin = torch.cat([latents, latents]) if guided else latents
-            xin = scheduler.scale_model_input(xin, t)
-            ts = (t if torch.is_tensor(t) else torch.tensor(t))[None].to(dev).expand(xin.shape[0])
-            pred = tr(xin, encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=ts,
-                      added_cond_kwargs=added, return_dict=False)[0]  # fmt: skip
-            if guided:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + cfg * (cond - uncond)
-            if int(tr.config.out_channels) // 2 == c:  # learned sigma: keep the noise prediction
-                pred = pred.chunk(2, dim=1)[0]
-            out = scheduler.step(pred, t, latents, **extra, return_dict=False)
-            # PixArtAlphaPipeline takes the predicted x0 (the second output, where there is one) for a 1-step run
-            one_step_x0 = steps == 1 and getattr(enc, "variant", "") == "alpha" and len(out) > 1
-            latents = out[1] if one_step_x0 else out[0]
+        with _cache_context(tr, step_cache, len(scheduler.timesteps)) as ctl:
+            for i, t in enumerate(tqdm(scheduler.timesteps, desc="generation", disable=progress is False)):
+                if ctl is not None:
+                    ctl.step(i)
+                xin = torch.cat([latents, latents]) if guided else latents
+                xin = scheduler.scale_model_input(xin, t)
+                ts = (t if torch.is_tensor(t) else torch.tensor(t))[None].to(dev).expand(xin.shape[0])
+                pred = tr(xin, encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=ts,
+                          added_cond_kwargs=added, return_dict=False)[0]  # fmt: skip
+                if guided:
+                    uncond, cond = pred.chunk(2)
+                    pred = uncond + cfg * (cond - uncond)
+                if int(tr.config.out_channels) // 2 == c:  # learned sigma: keep the noise prediction
+                    pred = pred.chunk(2, dim=1)[0]
+                out = scheduler.step(pred, t, latents, **extra, return_dict=False)
+                # PixArtAlphaPipeline takes the predicted x0 (the second output, where there is one) for a 1-step run
+                one_step_x0 = steps == 1 and getattr(enc, "variant", "") == "alpha" and len(out) > 1
+                latents = out[1] if one_step_x0 else out[0]
         return latents
 
     # -- class-conditional (DiT) ----------------------------------------------------------------------
-    def _sample(self, ids: list[int], seeds: list[int], steps: int, cfg: float, progress: bool | None) -> torch.Tensor:
-        """Denoised latents ``[B, C, s, s]`` for one batch (``DiTPipeline``'s loop, one generator per image)."""
+    def _sample(
+        self,
+        ids: list[int],
+        seeds: list[int],
+        steps: int,
+        cfg: float,
+        progress: bool | None,
+        step_cache: StepCache | None = None,
+    ) -> torch.Tensor:
+        """Denoised latents ``[B, C, s, s]`` for one batch (``DiTPipeline``'s loop, one generator per image);
+        ``step_cache``: block caching across the steps (``None``: off)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         enc = self.encoder
@@ -361,25 +392,44 @@ class GenerationPipeline(Pipeline):
         scheduler = enc.new_scheduler()  # fresh state per batch
         scheduler.set_timesteps(steps)
         x = torch.cat([latents, latents]) if guided else latents
-        for t in tqdm(scheduler.timesteps, desc="generation", disable=progress is False):
-            if guided:
-                half = x[: len(x) // 2]
-                x = torch.cat([half, half])
-            xin = scheduler.scale_model_input(x, t)
-            ts = (t if torch.is_tensor(t) else torch.tensor(t))[None].to(dev).expand(xin.shape[0])
-            pred = tr(xin, timestep=ts, class_labels=cls_in).sample
-            if guided:
-                eps, rest = pred[:, :c], pred[:, c:]
-                cond, uncond = torch.split(eps, len(eps) // 2)
-                half_eps = uncond + cfg * (cond - uncond)
-                pred = torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
-            model_out = pred[:, :c] if int(tr.config.out_channels) // 2 == c else pred
-            x = scheduler.step(model_out, t, x).prev_sample
+        with _cache_context(tr, step_cache, len(scheduler.timesteps)) as ctl:
+            for i, t in enumerate(tqdm(scheduler.timesteps, desc="generation", disable=progress is False)):
+                if ctl is not None:
+                    ctl.step(i)
+                if guided:
+                    half = x[: len(x) // 2]
+                    x = torch.cat([half, half])
+                xin = scheduler.scale_model_input(x, t)
+                ts = (t if torch.is_tensor(t) else torch.tensor(t))[None].to(dev).expand(xin.shape[0])
+                pred = tr(xin, timestep=ts, class_labels=cls_in).sample
+                if guided:
+                    eps, rest = pred[:, :c], pred[:, c:]
+                    cond, uncond = torch.split(eps, len(eps) // 2)
+                    half_eps = uncond + cfg * (cond - uncond)
+                    pred = torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
+                model_out = pred[:, :c] if int(tr.config.out_channels) // 2 == c else pred
+                x = scheduler.step(model_out, t, x).prev_sample
         return x[: len(ids)] if guided else x
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents to uint8 HWC images ``[B, H, W, 3]`` through the generator's decoder."""
         return self.encoder.decode_latents(latents)
+
+
+def _cache_context(transformer: torch.nn.Module, step_cache: StepCache | None, num_steps: int) -> Any:
+    """``cached_blocks`` over the denoiser's ``transformer_blocks``, or a context yielding ``None`` when off."""
+    if step_cache is None:
+        return nullcontext(None)
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ValueError(f"cache= needs a denoiser with transformer_blocks (an nn.ModuleList); "
+                         f"{type(transformer).__name__} has none")  # fmt: skip
+    return cached_blocks(blocks, step_cache, num_steps=num_steps)
+
+
+def _cache_protocol(step_cache: StepCache | None, steps: int) -> dict[str, Any] | None:
+    """What a result records about step caching (``None``: off)."""
+    return None if step_cache is None else step_cache.protocol(steps)
 
 
 def _as_output(images: np.ndarray, output_type: str) -> list[Any]:
