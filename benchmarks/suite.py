@@ -3,6 +3,7 @@ model sizes.
 
 Run: ``python -m benchmarks --suite all|encoders|e2e|pipelines --device cpu|cuda [--quick] [--models vit-b-16,...]
 [--compile] [--out benchmarks/results]``. Writes ``<out>/suite_<device>.json`` and ``<out>/suite_<device>.md``.
+``--suite speed-quality`` runs :mod:`benchmarks.speed_quality` instead (speed options against the fp32 baseline).
 
 Cases, each one row per model:
 
@@ -42,7 +43,7 @@ import torch
 
 from . import suite_models as sm
 
-SUITES = ("all", "encoders", "e2e", "pipelines")
+SUITES = ("all", "encoders", "e2e", "pipelines", "speed-quality")  # "all": the first three
 
 
 # -- ours ------------------------------------------------------------------------------------------------------------
@@ -686,6 +687,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--cache", default=None, help=f"checkpoint/image cache (default {sm.cache_root()})")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--skip-quality", action="store_true", help="speed-quality: speed rows only (no toy models)")
     args = p.parse_args(argv)
     if args.quick is None:
         args.quick = args.device == "cpu"
@@ -744,6 +746,12 @@ def run_suite(args: argparse.Namespace, command: str | None = None) -> dict[str,
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if "speed-quality" in args.suite.split(","):
+        from . import speed_quality
+
+        report = speed_quality.run(args, machine_info(torch.device(args.device)))
+        if args.suite == "speed-quality":
+            return {**report, "errors": [r for r in report["speed"] if "error" in r]}
     ctx = Context(args)
     models = {"all": sm.ALL_MODELS, "tiny": sm.TINY_MODELS}.get(args.models) or [
         m.strip() for m in args.models.split(",") if m.strip()

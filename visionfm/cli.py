@@ -266,7 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if labels:
             raise ValueError("pass either --labels (class-conditional DiT) or --prompts (text-to-image), not both")
         res = pipe(prompts=prompts, num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt,
-                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, preset=args.preset or "quick")  # fmt: skip
+                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, preset=args.preset or "quick",
+                   cache=args.cache)  # fmt: skip
         print(_table([[str(i), p, str(sd)] for i, (p, sd) in enumerate(zip(res.prompts, res.seeds))],
                      ["#", "prompt", "seed"]))  # fmt: skip
         records = [res.to_dict()]
@@ -283,7 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         wanted = [int(x) if x.isdigit() else x for x in labels]
         res = pipe(wanted, num_images_per_label=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
-                   seed=args.seed, preset=args.preset or "quick")  # fmt: skip
+                   seed=args.seed, preset=args.preset or "quick", cache=args.cache)  # fmt: skip
         print(_table([[str(i), n or "-", str(c), str(sd)] for i, (n, c, sd) in enumerate(zip(res.names, res.labels,
                       res.seeds))], ["#", "class", "id", "seed"]))  # fmt: skip
         records = [res.to_dict()]
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "zero-shot-seg: a method's benchmark config, e.g. naclip-voc21 (its classes are used without --labels)",
     )
     r.add_argument("--seed", type=int, default=0, help="generation: seed of the first image (image i: seed + i)")
+    r.add_argument("--cache", type=int, help="generation: step caching interval (2: every other step reuses the "
+                   "middle blocks' residuals; default off, or 2 with --speed fast)")  # fmt: skip
     r.add_argument("--multi-label", action="store_true", help="independent per-label scores (zero-shot)")
     r.add_argument("--points-per-side", type=int, default=32, help="automatic mask generation grid")
     r.add_argument("--crops-n-layers", type=int, default=0, help="automatic masks: extra layers of SAM crops")

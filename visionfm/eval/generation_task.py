@@ -222,6 +222,10 @@ def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
     steps = int(task.get("steps", presets[preset]["steps"]))
     cfg = float(task.get("guidance_scale", presets[preset]["guidance_scale"]))
     seed = int(task.get("seed", 0))
+    from ..foundation.step_cache import parse_cache
+    from ..pipelines.generation import _cache_protocol
+
+    step_cache = parse_cache(task.get("cache"))
     if text:  # text-to-image: the "classes" are the prompts; CLIP score compares each image with its own prompt
         prompts = task.get("prompts")
         if not prompts or not all(isinstance(x, str) for x in prompts):
@@ -251,7 +255,8 @@ def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
                 "kind": "text-to-image" if text else "class-conditional",
                 "steps": steps, "guidance_scale": cfg, "seed": seed, "scheduler": type(enc.scheduler).__name__,
                 "dtype": str(enc.dtype).removeprefix("torch."), "num_samples": len(plan), "classes": len(ids),
-                "num_per_class": per if not task.get("num_samples") else None}  # fmt: skip
+                "num_per_class": per if not task.get("num_samples") else None,
+                "cache": _cache_protocol(step_cache, steps)}  # fmt: skip
     negative = str(task.get("negative_prompt", ""))
     if text:
         protocol.update(prompts=list(class_names), negative_prompt=negative)
@@ -265,9 +270,9 @@ def generation(runner: Any, task: dict[str, Any]) -> dict[str, Any]:
                 emb, mask = enc.encode_prompts([class_names[i] for i in labs])
                 neg = enc.encode_prompts([negative]) if cfg > 1 else None
                 size = int(enc.transformer.config.sample_size) * int(enc.vae_scale_factor)
-                latents = gen._sample_text(emb, mask, neg, seeds, steps, cfg, size, size, False)
+                latents = gen._sample_text(emb, mask, neg, seeds, steps, cfg, size, size, False, step_cache)
             else:
-                latents = gen._sample(labs, seeds, steps, cfg, progress=False)
+                latents = gen._sample(labs, seeds, steps, cfg, progress=False, step_cache=step_cache)
             images = list(gen._decode(latents))
         if save_dir is not None:
             from PIL import Image

@@ -8,6 +8,9 @@ What pays where was measured (``python -m benchmarks --suite speed-quality``; fi
   2x faster; ``"fast"`` is int8 + token merging.
 - On a CPU **with** them (Sapphire Rapids and later: AMX), ``"fast"`` is bf16 + token merging.
 - On CUDA, ``"fast"`` is bf16 + token merging.
+
+Token merging is left out for families without ViT blocks (CNN towers, the diffusion generators). For generators,
+``pipeline("generation", ..., speed="fast")`` also turns on step caching at interval 2 (:data:`FAST_CACHE`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ SPEED_PRESETS = ("fast",)
 #: token merging of the ``"fast"`` preset: the ratio of patch tokens merged away by the last block ("sequence"
 #: families) or around each MLP ("mlp" families); chosen on the toy models' accuracy (docs/benchmarks.md).
 FAST_TOKEN_MERGING = 0.5
+#: step caching interval of ``speed="fast"`` in the generation pipeline (docs/benchmarks.md: FD-toyCLIP with it)
+FAST_CACHE = 2
 
 
 @lru_cache(maxsize=1)
@@ -129,7 +134,13 @@ def apply_speed_options(
         report = quantize_encoder(encoder, quantize, calibration=pixels)
         logger.info("quantized %s: %s", type(encoder).__name__, report)
     if token_merging is not None:
-        apply_token_merging(encoder, token_merging)
+        try:
+            apply_token_merging(encoder, token_merging)
+        except ValueError as e:
+            if speed is None:  # asked for explicitly: the family cannot
+                raise
+            logger.info("speed=%r: no token merging for %s (%s)", speed, type(encoder).__name__, e)
+            token_merging = None
     opts: dict[str, Any] = {}
     if speed or token_merging is not None or quantize is not None:
         dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), torch.float32)

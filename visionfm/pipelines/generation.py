@@ -129,13 +129,18 @@ class GenerationPipeline(Pipeline):
 
     def __init__(self, encoder: Encoder, *, batch_size: int = 8, cache: Any = None) -> None:
         """Args: ``encoder`` a generator; ``batch_size`` images per batch; ``cache`` the default step caching of
-        every call (any form :func:`~visionfm.foundation.step_cache.parse_cache` accepts; default: off)."""
+        every call (any form :func:`~visionfm.foundation.step_cache.parse_cache` accepts; default: off, or
+        interval 2 when the generator was loaded with ``speed="fast"``)."""
         super().__init__(encoder, batch_size=batch_size)
         if not isinstance(encoder, Generator):
             raise TypeError(
                 f"generation needs a generator (visionfm.foundation.generator.Generator: DiT, PixArt), got "
                 f"{type(encoder).__name__} (family {encoder.info.family!r})"
             )
+        if cache is None and (getattr(encoder, "speed_options", None) or {}).get("speed") == "fast":
+            from ..foundation.speed import FAST_CACHE
+
+            cache = FAST_CACHE
         self.cache = parse_cache(cache)
 
     @property
