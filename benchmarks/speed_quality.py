@@ -110,7 +110,7 @@ def bench_encoder(model: str, device: torch.device, warmup: int, iters: int, var
     from visionfm.data.images import load_images
 
     path = sm.checkpoint(model)
-    b = BATCH[device.type][model]
+    b = BATCH[device.type].get(model, 2)
     paths = (sm.write_images(8) * b)[:b]
     encs: dict[str, Any] = {}
     errors: dict[str, str] = {}

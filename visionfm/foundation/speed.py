@@ -118,7 +118,8 @@ def apply_speed_options(
 ) -> dict[str, Any]:
     """Apply resolved options to a loaded encoder, in place; record them as ``encoder.speed_options``.
 
-    Nothing is installed when every option is off, so the encoder is then bit-identical to a plain load.
+    Nothing is installed when every option is off, so the encoder is then bit-identical to a plain load. A quantized
+    encoder also gets ``encoder.quantize_report`` (layers converted, kept in float and why, weight bytes).
 
     Returns:
         ``encoder.speed_options``: ``{}`` when off, else ``{"speed", "token_merging", "quantize", "dtype"}``.
@@ -132,6 +133,7 @@ def apply_speed_options(
         if calibration is not None:
             pixels = calibration if isinstance(calibration, torch.Tensor) else encoder.preprocess(calibration)
         report = quantize_encoder(encoder, quantize, calibration=pixels)
+        encoder.quantize_report = report
         logger.info("quantized %s: %s", type(encoder).__name__, report)
     if token_merging is not None:
         try:
