@@ -211,7 +211,14 @@ def _write_open_clip_tag(arch: str, tag: str) -> Callable[[Path], None]:
 def _write_sam_b(path: Path) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
-    SamModel(SamConfig()).save_pretrained(path, safe_serialization=True)  # SamConfig's defaults are SAM ViT-B
+    model = SamModel(SamConfig())  # SamConfig's defaults are SAM ViT-B
+    # transformers 5 leaves SamModel's weights at std ~1e-10: activations then underflow to denormals (a 10x slower
+    # fp32 forward, all-zero features). Re-draw every matrix at the usual ViT scale, so the forward does real work.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "rel_pos" not in name:
+                torch.nn.init.trunc_normal_(p, std=0.02)
+    model.save_pretrained(path, safe_serialization=True)
     proc = SamImageProcessor()
     proc.save_pretrained(path)
     SamProcessor(image_processor=proc).save_pretrained(path)
