@@ -300,6 +300,8 @@ def _f(v: Any, d: int = 3) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# speed-quality ({report['device']}, {report['timestamp']})", "", f"command: `{report['command']}`", ""]
+    if report.get("speed_from"):
+        lines += [f"speed rows: from the run of {report['speed_from']}", ""]
     m = report["machine"]
     lines += [f"machine: {m}", ""]
     lines += ["| model | variant | batch | images/s | speedup vs fp32 | pooled cos | patch cos | mask IoU | PSNR dB |",
@@ -335,7 +337,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
-    """Run the suite (``--models none``: only the quality part); write ``speed_quality_<device>.json`` / ``.md``."""
+    """Run the suite; write ``speed_quality_<device>.json`` / ``.md``. ``--models none`` re-measures only the quality
+    part and keeps the speed rows of the previous report in ``--out`` (``speed_from``: when they were measured)."""
     device = torch.device(args.device)
     if args.models == "all":
         models = ENCODER_MODELS + GENERATOR_MODELS
@@ -358,6 +361,10 @@ def run(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / f"speed_quality_{args.device}.json"
+    if not models and previous.is_file():  # --models none: re-measure quality, keep the speed rows of the last run
+        old = json.loads(previous.read_text())
+        report["speed"], report["speed_from"] = old.get("speed", []), old.get("speed_from", old.get("timestamp"))
 
     def write() -> None:
         report["wall_s"] = time.perf_counter() - t0

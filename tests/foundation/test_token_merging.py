@@ -212,7 +212,7 @@ def test_mlp_mode_duplicate_cells_are_exact_and_ratio_is_bounded():
 
 # -- under encode, the pipelines and the eval runner --------------------------------------------------------------------
 def test_encode_and_zero_shot_seg_keep_full_resolution_outputs():
-    path = tiny_checkpoint("clip")
+    path = tiny_checkpoint("clip-b16-12layer")  # more than two blocks: tokens are merged before the last
     images = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(3)]
     plain = vfm.load_encoder(path, device="cpu")
     fast = vfm.load_encoder(path, device="cpu", token_merging=0.4)
@@ -259,3 +259,32 @@ def test_cli_speed_arguments_reach_load_encoder():
     assert _speed_options(args) == {"token_merging": 8, "quantize": "int8"}
     args = build_parser().parse_args(["run", "zero-shot-seg", "x.png", "--token-merging", "0.5", "--speed", "fast"])
     assert _speed_options(args) == {"speed": "fast", "token_merging": 0.5}
+
+
+@pytest.fixture(scope="module")
+def deep_clips(tmp_path_factory):
+    """CLIPs with more than two blocks (so merging happens before the last one), in each dense tower's format."""
+    from visionfm.foundation.clip import convert_checkpoint
+
+    deep = tiny_checkpoint("clip-b16-12layer")
+    hf = convert_checkpoint(deep, tmp_path_factory.mktemp("hf") / "clip12", to="transformers")
+    return {"open_clip": deep, "timm": tiny_checkpoint("clip-timm-vit"), "transformers": hf}
+
+
+@pytest.mark.parametrize("tower", ["open_clip", "timm", "transformers"])
+@pytest.mark.parametrize("mode", ["maskclip", "sclip"])
+def test_dense_modes_run_their_last_block_on_the_full_grid(deep_clips, tower, mode):
+    from visionfm.foundation.dense import dense_features
+
+    path = deep_clips[tower]
+    plain = vfm.load_encoder(path, device="cpu")
+    merged = vfm.load_encoder(path, device="cpu", token_merging=0.5)
+    assert len(merged.token_merging_sites().blocks) > 2
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *plain.info.image_size)
+    with torch.no_grad():
+        a, b = dense_features(plain, x, mode), dense_features(merged, x, mode)
+    assert a.shape == b.shape
+    assert not torch.equal(a, b)
+    cos = nn.functional.cosine_similarity(a.flatten(0, 2), b.flatten(0, 2)).mean()
+    assert cos > 0.5, f"{tower} {mode}: mean patch cosine {cos:.3f}"

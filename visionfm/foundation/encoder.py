@@ -307,6 +307,15 @@ def tap_blocks(blocks: Sequence[nn.Module], indices: Sequence[int]) -> Iterator[
             h.remove()
 
 
+def restore_tokens(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x``, the output of ``block`` when a caller runs the blocks itself, back on the full token sequence if token
+    merging is installed (:mod:`visionfm.foundation.token_merging`); ``x`` unchanged otherwise. Code that runs all
+    but the last block by hand and then computes the last one itself (the dense CLIP modes) calls this on the
+    second-to-last block's output."""
+    unmerge = getattr(block, "_vfm_unmerge", None)
+    return unmerge(x) if unmerge is not None else x
+
+
 def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
     """``[B, prefix + h*w, C]`` token sequence to a ``[B, h, w, C]`` patch grid (prefix tokens dropped)."""
     b, n, c = tokens.shape

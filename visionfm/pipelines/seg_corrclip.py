@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from ..foundation.dense import resize_pos_embed
-from ..foundation.encoder import Encoder
+from ..foundation.encoder import Encoder, restore_tokens
 from .seg_methods import SegMethod, register_seg_method
 from .seg_protocol import pad_to_multiple, to_size, window_grid
 
@@ -253,6 +253,7 @@ def dino_query_key(dino: Encoder, pixel_values: torch.Tensor) -> torch.Tensor:
     for blk in blocks[:-1]:
         out = blk(x, None)
         x = out[0] if isinstance(out, (tuple, list)) else out
+    x = restore_tokens(blocks[-2], x) if len(blocks) > 1 else x
     last = blocks[-1]
     h = last.layernorm_before(x)
     attn = last.attention

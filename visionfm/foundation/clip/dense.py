@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense import DenseTower, patch_grid, resize_pos_embed
+from ..encoder import restore_tokens
 from .encoders import HFClipEncoder, HFSiglip2Encoder, OpenClipEncoder
 
 
@@ -44,6 +45,7 @@ def _open_clip_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, p
         x = x.transpose(0, 1)
     for blk in v.transformer.resblocks[:-1]:
         x = blk(x)
+    x = restore_tokens(v.transformer.resblocks[-2], x) if len(v.transformer.resblocks) > 1 else x
     if not batch_first:
         x = x.transpose(0, 1)
 
@@ -195,6 +197,7 @@ def _timm_vit_tower(encoder: OpenClipEncoder, pixel_values: torch.Tensor, pos_in
     is_eva = "rope" in inspect.signature(last.forward).parameters
     for blk in trunk.blocks[:-1]:
         x = blk(x, rope=rope) if is_eva else blk(x)
+    x = restore_tokens(trunk.blocks[-2], x) if len(trunk.blocks) > 1 else x
     qkv, out_proj, heads = _timm_attention_parts(last.attn, x.shape[-1])
 
     def scaled(name: str, a: torch.Tensor) -> torch.Tensor:
@@ -271,6 +274,7 @@ def _hf_tower(encoder: HFClipEncoder, pixel_values: torch.Tensor, pos_interp: st
         x = vm.pre_layrnorm(x)
     for layer in vm.encoder.layers[:-1]:
         x = _run_hf_layer(layer, x)
+    x = restore_tokens(vm.encoder.layers[-2], x) if len(vm.encoder.layers) > 1 else x
     last = vm.encoder.layers[-1]
     sa = last.self_attn
     qkv = (sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight, sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias)
