@@ -56,6 +56,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model to ONNX graphs plus a manifest."""
+    from .foundation.onnx_export import export_onnx
+
+    if args.format != "onnx":
+        raise ValueError(f"--format {args.format!r} is not supported; choose onnx")
+    out = export_onnx(args.model, args.out, text=not args.no_text, allow_pickle=args.allow_pickle)
+    graphs = sorted(p.name for p in Path(out).glob("*.onnx"))
+    print(f"wrote {', '.join(graphs)} and manifest.json to {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Load an encoder and print its info."""
     from .foundation.loading import load_encoder
@@ -311,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--family", help="only this family (clip, dinov2, sam, dit)")
     m.set_defaults(func=cmd_models)
+    x = sub.add_parser("export", help="export a model's vision (and text) tower to ONNX graphs with a manifest")
+    x.add_argument("model", help="alias, hub id, open_clip tag or local directory")
+    x.add_argument("out", help="output directory")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--no-text", action="store_true", help="image-text families: skip the text tower graph")
+    x.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
+    x.set_defaults(func=cmd_export)
     c = sub.add_parser("convert", help="convert a CLIP checkpoint between open_clip and transformers formats")
     c.add_argument("src")
     c.add_argument("dst")

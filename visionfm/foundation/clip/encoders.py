@@ -224,9 +224,24 @@ class OpenClipEncoder(_ClipBase):
         a, b = self.tokenizer(texts, context_length=n), self.tokenizer(texts, context_length=n + 1)
         return (a != b[:, :n]).any(1).tolist()
 
+    tokenizer_kind = (
+        "open_clip"  #: how an ONNX export's runtime rebuilds the tokenizer (visionfm.foundation.onnx_export)
+    )
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The text tower's tensor inputs for ``texts``: ``{"input_ids": [N, context_length]}``."""
+        return {"input_ids": self.tokenizer(texts).to(self.device)}
+
+    def text_from_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` text embeddings from :meth:`text_inputs`' tensors (``model.encode_text``)."""
+        return self.model.encode_text(input_ids)
+
+    def tokenizer_options(self) -> dict[str, Any]:
+        """Tokenizer settings an exported text graph needs (none for open_clip's tokenizers)."""
+        return {}
+
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens)
+        return self.text_from_inputs(**self.text_inputs(texts))
 
 
 @contextlib.contextmanager
@@ -427,8 +442,23 @@ class HFClipEncoder(_ClipBase):
         ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
         return [len(x) > self.text_max_length for x in ids]
 
+    tokenizer_kind = "transformers"  #: how an ONNX export's runtime rebuilds the tokenizer
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The text tower's tensor inputs for ``texts`` (:meth:`tokenize`)."""
+        return self.tokenize(texts)
+
+    def text_from_inputs(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` text embeddings from :meth:`text_inputs`' tensors (``get_text_features``)."""
+        return _as_tensor(self.model.get_text_features(**inputs))
+
+    def tokenizer_options(self) -> dict[str, Any]:
+        """Tokenizer settings an exported text graph needs: padding, maximum length, lower-casing."""
+        return {"padding": "max_length" if self.kind != "clip" else True, "max_length": self.text_max_length,
+                "lowercase": bool(self.lowercase_text)}  # fmt: skip
+
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
-        return _as_tensor(self.model.get_text_features(**self.tokenize(texts)))
+        return self.text_from_inputs(**self.text_inputs(texts))
 
 
 class HFSiglip2Encoder(HFClipEncoder):

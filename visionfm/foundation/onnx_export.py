@@ -1,0 +1,192 @@
+"""Export an encoder to ONNX: the vision tower and, for image-text families, the text tower as a separate graph.
+
+``export_onnx(model, out)`` writes, under ``out``:
+
+- ``vision.onnx``: ``pixel_values`` ``[B, 3, H, W]`` (preprocessed, ``(H, W) = info.image_size``) to ``pooled``
+  ``[B, D]`` and ``patches`` ``[B, h, w, C]``, exactly :class:`~visionfm.foundation.features.Features`; dynamic batch.
+- ``text.onnx`` (families with ``info.has_text``): the tokenizer's tensors (``input_ids`` ``[N, L]``, and
+  ``attention_mask`` where the family uses it) to ``text_embeds`` ``[N, D]``; dynamic ``N`` and ``L``. Because the
+  text tower is its own graph, label sets stay editable after export: new labels are embedded by this graph, not
+  baked into the vision graph.
+- ``tokenizer/``: the checkpoint's tokenizer files (no weights), read back by the runtime.
+- ``manifest.json``: the format version, the visionfm and torch versions, the source, ``EncoderInfo``, the
+  preprocessing (:class:`~visionfm.foundation.preprocess.PreprocessConfig`), each graph's inputs and outputs with
+  their shapes (``null`` for dynamic axes), and the image-text constants (logit scale and bias, context length).
+
+The graphs are made by PyTorch's exporter (``torch.onnx.export(..., dynamo=True)``); onnx, onnxscript and
+onnxruntime are the ``visionfm[onnx]`` extra. :class:`visionfm.foundation.onnx_runtime.OnnxEncoder` runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "visionfm-onnx"
+FORMAT_VERSION = 1
+#: files copied into ``tokenizer/``: everything a tokenizer may read, never weights
+_TOKENIZER_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".vocab", ".gz")
+_WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class _Vision(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.encoder(pixel_values)
+        return f.pooled, f.patches
+
+
+class _Text(nn.Module):
+    """The text tower on ``input_ids`` alone (open_clip, SigLIP)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.text_from_inputs(input_ids=input_ids)
+
+
+class _TextMasked(_Text):
+    """The text tower on ``input_ids`` and ``attention_mask`` (transformers CLIP)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.encoder.text_from_inputs(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f'ONNX export needs onnx and onnxscript: pip install "visionfm[onnx]" ({e})') from None
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+            output_names: list[str], dynamic: list[dict[int, Any]], opset: int | None) -> None:  # fmt: skip
+    kw: dict[str, Any] = {"opset_version": opset} if opset else {}
+    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=tuple(dynamic), input_names=input_names,
+                                output_names=output_names, verbose=False, **kw)  # fmt: skip
+    program.save(str(path))
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.suffix in _TOKENIZER_SUFFIXES and f.name not in _WEIGHT_NAMES:
+            shutil.copy2(f, dst / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def export_onnx(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    text: bool = True,
+    opset: int | None = None,
+    **load_kwargs: Any,
+) -> Path:
+    """Export ``model``'s vision tower (and text tower) to ONNX graphs with a manifest; see the module docstring.
+
+    Args:
+        model: anything ``load_encoder`` accepts (alias, hub id, open_clip tag, local directory).
+        out: output directory (created; existing graphs in it are replaced).
+        text: also export the text tower of image-text families.
+        opset: ONNX opset (default: the exporter's).
+        **load_kwargs: further ``load_encoder`` options (``backend=``, ``allow_pickle=``, ...); the export runs on
+            the CPU in fp32.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ImportError: onnx / onnxscript missing.
+        ValueError: a family whose encoder cannot be exported (reported with the exporter's reason).
+    """
+    from importlib.metadata import version
+
+    from .loading import load_encoder, resolve_source
+
+    _require_onnx()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    src, _, _ = resolve_source(model, allow_pickle=bool(load_kwargs.get("allow_pickle", False)))
+    enc = load_encoder(model, device="cpu", dtype="fp32", **load_kwargs).eval()
+    info = enc.info
+    if getattr(enc, "max_num_patches", None) is not None:  # SigLIP 2 NaFlex: each image its own grid
+        raise ValueError(f"{model!r} is a SigLIP 2 NaFlex checkpoint, whose grid differs per image; ONNX export "
+                         "needs a fixed input size: export a fixed-resolution SigLIP 2 checkpoint")  # fmt: skip
+    h, w = info.image_size
+    x = enc.normalize(torch.rand(2, 3, h, w))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    graphs: dict[str, Any] = {}
+    with torch.no_grad():
+        ref = enc(x)
+        try:
+            _export(_Vision(enc), (x,), out / "vision.onnx", ["pixel_values"], ["pooled", "patches"],
+                    [{0: batch}], opset)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the exporter's own errors are long; keep the first line
+            raise ValueError(f"{model!r} ({info.family}/{info.backend}): the vision tower did not export to ONNX: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e  # fmt: skip
+    graphs["vision"] = {
+        "file": "vision.onnx",
+        "inputs": {"pixel_values": [None, 3, h, w]},
+        "outputs": {"pooled": [None, int(ref.pooled.shape[1])], "patches": [None, *ref.patches.shape[1:]]},
+    }
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "visionfm": version("visionfm"),
+        "torch": torch.__version__,
+        "source": os.fspath(model),
+        "family": info.family,
+        "backend": info.backend,
+        "info": dataclasses.asdict(info),
+        "preprocess": dataclasses.asdict(enc.preprocess_config),
+        "graphs": graphs,
+    }
+    if text and info.has_text:
+        if not hasattr(enc, "text_inputs"):
+            raise ValueError(f"{model!r}: the {info.family}/{info.backend} text tower has no ONNX export yet")
+        sample = enc.text_inputs(["a photo of a cat.", "a red square on a blue background."])
+        names = [n for n in ("input_ids", "attention_mask") if n in sample]
+        if set(names) != set(sample):
+            raise ValueError(f"{model!r}: text inputs {sorted(sample)} are not input_ids (+ attention_mask)")
+        module = _TextMasked(enc) if "attention_mask" in names else _Text(enc)
+        length = torch.export.Dim("length", min=2, max=4096)
+        with torch.no_grad():
+            _export(module, tuple(sample[n] for n in names), out / "text.onnx", names, ["text_embeds"],
+                    [{0: batch, 1: length} for _ in names], opset)  # fmt: skip
+        graphs["text"] = {
+            "file": "text.onnx",
+            "inputs": {n: [None, None] for n in names},
+            "outputs": {"text_embeds": [None, info.embed_dim]},
+        }
+        manifest["text"] = {
+            "tokenizer": enc.tokenizer_kind,
+            "tokenizer_dir": "tokenizer",
+            "tokenizer_files": _copy_tokenizer(Path(src), out / "tokenizer"),
+            "tokenizer_options": enc.tokenizer_options(),
+            "context_length": int(enc.context_length),
+            "logit_scale": float(enc.logit_scale),
+            "logit_bias": enc.logit_bias,
+        }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=list))
+    logger.info("exported %s to %s (%s)", model, out, ", ".join(graphs))
+    return out

@@ -1,0 +1,143 @@
+"""Run an ONNX export (:mod:`visionfm.foundation.onnx_export`) through onnxruntime, behind the ``Encoder`` contract.
+
+``OnnxEncoder(export_dir)`` reads ``manifest.json``, opens ``vision.onnx`` (and ``text.onnx``) in onnxruntime
+sessions, and rebuilds preprocessing and the tokenizer from the manifest. ``encode`` and ``encode_text`` then work as
+on the PyTorch encoder: the same preprocessing code, the same batching, ``Features`` with ``pooled`` and
+``patches``. Layer taps (``layers=``) and the dense CLIP modes need the model's internals and are not available.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .encoder import TextEncoder
+from .features import EncoderInfo, Features
+from .preprocess import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError('runtime="onnx" needs onnxruntime: pip install "visionfm[onnx]"') from None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder(TextEncoder):
+    """An exported encoder on onnxruntime (CPU).
+
+    Args:
+        path: an export directory (``manifest.json`` + graphs).
+        threads: onnxruntime intra-op threads (default: onnxruntime's).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST
+
+        path = Path(path)
+        mf = path / MANIFEST
+        if not mf.is_file():
+            raise FileNotFoundError(f"{path} is not a visionfm ONNX export: no {MANIFEST} (visionfm export MODEL OUT)")
+        manifest = json.loads(mf.read_text())
+        if manifest.get("format") != FORMAT or int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{mf}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
+                             f"{FORMAT!r} v<={FORMAT_VERSION}")  # fmt: skip
+        raw = dict(manifest["info"])
+        for k in ("image_size", "mean", "std"):
+            raw[k] = tuple(raw[k])
+        info = EncoderInfo(**{**raw, "backend": "onnxruntime", "name": str(path), "num_layers": 0})
+        pp = dict(manifest["preprocess"])
+        for k in ("crop_size", "pad_size", "mean", "std"):
+            if pp.get(k) is not None:
+                pp[k] = tuple(pp[k])
+        super().__init__(info, PreprocessConfig(**pp))
+        self.path = path
+        self.manifest = manifest
+        self.source_backend = manifest["backend"]
+        self._vision = _session(path / manifest["graphs"]["vision"]["file"], threads)
+        self._text = None
+        self.logit_bias = None
+        if "text" in manifest["graphs"]:
+            t = manifest["text"]
+            self._text = _session(path / manifest["graphs"]["text"]["file"], threads)
+            self._text_names = [i.name for i in self._text.get_inputs()]
+            self._tokenizer = _load_tokenizer(path / t["tokenizer_dir"], t["tokenizer"])
+            self._tok_opts = dict(t.get("tokenizer_options") or {})
+            self._context_length = int(t["context_length"])
+            self.logit_scale = float(t["logit_scale"])
+            self.logit_bias = t.get("logit_bias")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def forward(self, pixel_values: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+        """Run ``vision.onnx`` on preprocessed pixels ``[B, 3, H, W]`` (``(H, W) = info.image_size``)."""
+        if layers:
+            raise ValueError(f"{self.path}: an ONNX export has no layer taps (layers={list(layers)})")
+        want = tuple(self._info.image_size)
+        if tuple(pixel_values.shape[-2:]) != want or pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be [B, 3, {want[0]}, {want[1]}] for this export, got "
+                             f"{tuple(pixel_values.shape)}")  # fmt: skip
+        x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
+        pooled, patches = self._vision.run(["pooled", "patches"], {"pixel_values": x})
+        p = torch.from_numpy(patches)
+        return Features(pooled=torch.from_numpy(pooled), patches=p, grid=(p.shape[1], p.shape[2]))
+
+    # -- text -------------------------------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:  # type: ignore[override]
+        return self._context_length
+
+    def _is_overlong(self, texts: list[str]) -> list[bool]:
+        return [False] * len(texts)
+
+    def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.manifest["text"]["tokenizer"] == "open_clip":
+            return {"input_ids": self._tokenizer(texts).numpy()}
+        o = self._tok_opts
+        if o.get("lowercase"):
+            texts = [t.lower() for t in texts]
+        enc = self._tokenizer(texts, max_length=o.get("max_length"), truncation=True, return_tensors="np",
+                              padding=o.get("padding", True))  # fmt: skip
+        return {k: np.asarray(enc[k], dtype=np.int64) for k in self._text_names}
+
+    def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
+        if self._text is None:
+            raise TypeError(f"{self.path}: this export has no text graph")
+        feeds = self._tokens(texts)
+        return torch.from_numpy(self._text.run(["text_embeds"], {k: feeds[k] for k in self._text_names})[0])
+
+    def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        if self._text is None:
+            raise TypeError(f"{self.path}: this export has no text graph (info.has_text is {self._info.has_text})")
+        return super().encode_text(texts, batch_size=batch_size)
+
+
+def _load_tokenizer(path: Path, kind: str) -> Any:
+    if kind == "open_clip":
+        import open_clip
+
+        return open_clip.get_tokenizer(f"local-dir:{path}")
+    if kind == "transformers":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    raise ValueError(f"unknown tokenizer kind {kind!r} in the export manifest")
