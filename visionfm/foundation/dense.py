@@ -66,6 +66,7 @@ from .registry import families, get_family
 logger = logging.getLogger(__name__)
 
 DENSE_MODES = ("vanilla", "maskclip", "sclip", "clearclip", "naclip", "proxy")
+_DENSE_DEFAULTS = {"naclip_sigma": 5.0, "proxy_beta": None, "proxy_gamma": None, "proxy_grid": True}  # filled below
 #: Modes that keep the last block's residual connection and FFN (where the tower has them).
 _KEEPS_BLOCK = ("vanilla", "sclip")
 #: ProxyCLIP's published defaults (``beta=1.2, gamma=3.0`` in mc-lan/ProxyCLIP).
@@ -472,6 +473,14 @@ def dense_features(
         >>> tuple(dense_features(enc, torch.randn(2, 3, 72, 48), "clearclip").shape)
         (2, 9, 6, 32)
     """
+    onnx_dense = getattr(encoder, "onnx_dense", None)  # an ONNX export (visionfm.foundation.onnx_runtime)
+    if onnx_dense is not None:
+        changed = {k: v for k, v in dict(naclip_sigma=naclip_sigma, proxy_beta=proxy_beta, proxy_gamma=proxy_gamma,
+                                         proxy_grid=proxy_grid).items() if v != _DENSE_DEFAULTS[k]}  # fmt: skip
+        if proxy_features is not None or changed:
+            raise ValueError(f"an ONNX export runs the dense modes with their default settings only; got "
+                             f"{sorted(changed) + (['proxy_features'] if proxy_features is not None else [])}")  # fmt: skip
+        return onnx_dense(pixel_values, mode)
     tokens, prefix, (h, w) = _dense_tokens(
         encoder,
         pixel_values,
@@ -484,3 +493,6 @@ def dense_features(
         proxy_grid=proxy_grid,
     )
     return tokens[:, prefix:].reshape(tokens.shape[0], h, w, tokens.shape[-1])
+
+
+_DENSE_DEFAULTS.update(proxy_beta=PROXY_BETA, proxy_gamma=PROXY_GAMMA)

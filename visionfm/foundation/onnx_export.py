@@ -8,6 +8,8 @@
   ``attention_mask`` where the family uses it) to ``text_embeds`` ``[N, D]``; dynamic ``N`` and ``L``. Because the
   text tower is its own graph, label sets stay editable after export: new labels are embedded by this graph, not
   baked into the vision graph.
+- ``dense_<mode>.onnx`` (image-text families): the training-free dense modes (vanilla, MaskCLIP, SCLIP, ClearCLIP,
+  NACLIP) at the native input size, for zero-shot segmentation.
 - ``tokenizer/``: the checkpoint's tokenizer files (no weights), read back by the runtime.
 - ``manifest.json``: the format version, the visionfm and torch versions, the source, ``EncoderInfo``, the
   preprocessing (:class:`~visionfm.foundation.preprocess.PreprocessConfig`), each graph's inputs and outputs with
@@ -68,6 +70,24 @@ class _TextMasked(_Text):
         return self.encoder.text_from_inputs(input_ids=input_ids, attention_mask=attention_mask)
 
 
+class _Dense(nn.Module):
+    """A training-free dense CLIP mode (:func:`visionfm.foundation.dense.dense_features`) at the native input size."""
+
+    def __init__(self, encoder: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.mode = mode
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        from .dense import dense_features
+
+        return dense_features(self.encoder, pixel_values, self.mode)
+
+
+#: dense modes exported for image-text families (``proxy`` needs a second encoder's features at run time)
+DENSE_EXPORT_MODES = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
+
+
 def _require_onnx() -> None:
     try:
         import onnx  # noqa: F401
@@ -99,6 +119,7 @@ def export_onnx(
     out: str | os.PathLike,
     *,
     text: bool = True,
+    dense: bool = True,
     opset: int | None = None,
     **load_kwargs: Any,
 ) -> Path:
@@ -108,6 +129,8 @@ def export_onnx(
         model: anything ``load_encoder`` accepts (alias, hub id, open_clip tag, local directory).
         out: output directory (created; existing graphs in it are replaced).
         text: also export the text tower of image-text families.
+        dense: image-text families: also export the training-free dense modes (:data:`DENSE_EXPORT_MODES`, each
+            ``dense_<mode>.onnx``: pixels to ``[B, h, w, D]`` at the native input size), which zero-shot-seg runs.
         opset: ONNX opset (default: the exporter's).
         **load_kwargs: further ``load_encoder`` options (``backend=``, ``allow_pickle=``, ...); the export runs on
             the CPU in fp32.
@@ -187,6 +210,23 @@ def export_onnx(
             "logit_scale": float(enc.logit_scale),
             "logit_bias": enc.logit_bias,
         }
+    if dense and info.has_text:
+        from .dense import dense_features
+
+        for mode in DENSE_EXPORT_MODES:
+            try:
+                with torch.no_grad():
+                    ref_dense = dense_features(enc, x, mode)
+                    _export(_Dense(enc, mode), (x,), out / f"dense_{mode}.onnx", ["pixel_values"], ["dense"],
+                            [{0: batch}], opset)  # fmt: skip
+            except (NotImplementedError, TypeError, ValueError) as e:  # a tower without this mode: skip, say so
+                logger.warning("%s: dense mode %r not exported: %s", model, mode, str(e).splitlines()[0])
+                continue
+            graphs[f"dense_{mode}"] = {
+                "file": f"dense_{mode}.onnx",
+                "inputs": {"pixel_values": [None, 3, h, w]},
+                "outputs": {"dense": [None, *ref_dense.shape[1:]]},
+            }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=list))
     logger.info("exported %s to %s (%s)", model, out, ", ".join(graphs))
     return out

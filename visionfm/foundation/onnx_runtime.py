@@ -67,6 +67,8 @@ class OnnxEncoder(TextEncoder):
         self.path = path
         self.manifest = manifest
         self.source_backend = manifest["backend"]
+        self._threads = threads
+        self._dense: dict[str, Any] = {}
         self._vision = _session(path / manifest["graphs"]["vision"]["file"], threads)
         self._text = None
         self.logit_bias = None
@@ -100,6 +102,21 @@ class OnnxEncoder(TextEncoder):
         pooled, patches = self._vision.run(["pooled", "patches"], {"pixel_values": x})
         p = torch.from_numpy(patches)
         return Features(pooled=torch.from_numpy(pooled), patches=p, grid=(p.shape[1], p.shape[2]))
+
+    def onnx_dense(self, pixel_values: torch.Tensor, mode: str) -> torch.Tensor:
+        """``dense_features(self, pixel_values, mode)`` from the exported ``dense_<mode>.onnx``: ``[B, h, w, D]``."""
+        graph = self.manifest["graphs"].get(f"dense_{mode}")
+        if graph is None:
+            have = sorted(k.removeprefix("dense_") for k in self.manifest["graphs"] if k.startswith("dense_"))
+            raise ValueError(f"{self.path}: dense mode {mode!r} was not exported (exported: {have or 'none'})")
+        want = tuple(self._info.image_size)
+        if tuple(pixel_values.shape[-2:]) != want:
+            raise ValueError(f"{self.path}: the exported dense modes take {want[0]}x{want[1]} inputs (the model's "
+                             f"native size; use window={want[0]}), got {tuple(pixel_values.shape[-2:])}")  # fmt: skip
+        if mode not in self._dense:
+            self._dense[mode] = _session(self.path / graph["file"], self._threads)
+        x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self._dense[mode].run(["dense"], {"pixel_values": x})[0])
 
     # -- text -------------------------------------------------------------------------------------------------------
     @property

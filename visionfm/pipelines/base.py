@@ -45,6 +45,7 @@ def pipeline(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     batch_size: int = 32,
+    runtime: str = "torch",
     **kwargs: Any,
 ) -> Pipeline:
     """Build a task pipeline around an encoder.
@@ -55,6 +56,10 @@ def pipeline(
         device: where to run (``"auto"``: CUDA when available).
         dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         batch_size: images per forward pass.
+        runtime: ``"torch"`` (default) or ``"onnx"``: run the model's ONNX export on onnxruntime (CPU).
+            ``model`` is then an export directory (``visionfm export``), or a name, which is exported once into
+            ``$VISIONFM_CACHE/onnx/`` first. Zero-shot classification and zero-shot-seg (the dense modes but
+            ``proxy``) run on exports; see docs/foundation.md → "ONNX export".
         **kwargs: task options (e.g. ``templates=`` for zero-shot classification) and ``load_encoder`` options.
 
     Returns:
@@ -67,7 +72,38 @@ def pipeline(
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
     cls = _TASKS[task]
+    if runtime == "onnx":
+        model = _onnx_encoder(model or cls.default_model)
+    elif runtime != "torch":
+        raise ValueError(f"runtime={runtime!r} is not supported; choose 'torch' or 'onnx'")
     return cls.build(model or cls.default_model, device=device, dtype=dtype, batch_size=batch_size, **kwargs)
+
+
+def _onnx_encoder(model: Any) -> Encoder:
+    """An :class:`~visionfm.foundation.onnx_runtime.OnnxEncoder` for an export directory or a model name (exported
+    once into the cache)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from ..foundation.onnx_export import MANIFEST, export_onnx
+    from ..foundation.onnx_runtime import OnnxEncoder
+
+    if isinstance(model, Encoder):
+        raise TypeError("runtime='onnx' needs a model name or an export directory, not a loaded Encoder")
+    path = Path(os.path.expanduser(os.fspath(model)))
+    if (path / MANIFEST).is_file():
+        return OnnxEncoder(path)
+    name = os.fspath(model)
+    key = name
+    if path.is_dir():  # a retrained or replaced checkpoint gets a fresh export
+        stamp = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+        key = f"{path.resolve()}|{stamp}"
+    root = Path(os.environ.get("VISIONFM_CACHE", Path.home() / ".cache" / "visionfm")) / "onnx"
+    out = root / f"{path.name or 'model'}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if not (out / MANIFEST).is_file():
+        export_onnx(name, out)
+    return OnnxEncoder(out)
 
 
 class Pipeline:
