@@ -31,6 +31,8 @@ def _session(path: Path, threads: int | None) -> Any:
     except ImportError:
         raise ImportError('runtime="onnx" needs onnxruntime: pip install "visionfm[onnx]"') from None
     opts = ort.SessionOptions()
+    # no busy-waiting between runs: spinning threads would take the cores from PyTorch work in the same process
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
