@@ -76,24 +76,12 @@ NOISE_SEED = 10_000  # the toy DiT's sampling-noise row: no cache, other seeds
 TOY_DIT_DIR = sm.cache_root() / "toy_dit" / "pipeline"  # visionfm train ...dit_toyworld.yaml train.output_dir=<here>/..
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _interleaved(fns: dict[str, Any], device: torch.device, warmup: int, iters: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return times
+    """Per-call seconds of each named function, timed in turn (the speed suite's :func:`time_interleaved`)."""
+    from .suite import time_interleaved
+
+    times, _ = time_interleaved(list(fns.values()), device, warmup, iters)
+    return dict(zip(fns, times, strict=True))
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

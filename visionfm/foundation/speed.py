@@ -93,8 +93,8 @@ def resolve_speed_options(
     if q is not None:
         from .quantize import QUANTIZE_MODES
 
-    if q is not None and q not in QUANTIZE_MODES:
-        raise ValueError(f"quantize={q!r} is not a mode; choose from {list(QUANTIZE_MODES)} or None")
+        if q not in QUANTIZE_MODES:
+            raise ValueError(f"quantize={q!r} is not a mode; choose from {list(QUANTIZE_MODES)} or None")
     if q == "int8-static" and calibration is None:
         raise ValueError("quantize='int8-static' needs calibration=images (a few representative inputs)")
     if calibration is not None and q != "int8-static":

@@ -2,8 +2,9 @@
 
 Two placements, chosen by the family (:meth:`visionfm.foundation.encoder.Encoder.token_merging_sites`):
 
-- ``"sequence"`` (plain ViTs: CLIP / SigLIP, DINO, DINOv2, DINOv3, timm ViTs, AIMv2, RADIO, students). ToMe's
-  bipartite soft matching (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023): before each block after the
+- ``"sequence"`` (plain ViTs: CLIP / SigLIP, DINO, DINOv2, DINOv3, timm ViTs, AIMv2, RADIO, students). Bipartite
+  soft matching as the ToMe paper describes it (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023; our
+  implementation of the paper's description, not compared against its code): before each block after the
   first, the patch tokens are split alternately into sets A and B, each A token is matched to its most similar B token
   (cosine), and the ``r`` best-matched A tokens are averaged into their partners, weighted by how many input patches
   each token already stands for. Prefix tokens (class token, registers) are never merged. The stream shrinks from
@@ -15,12 +16,14 @@ Two placements, chosen by the family (:meth:`visionfm.foundation.encoder.Encoder
 - ``"mlp"`` (windowed backbones on a 2-D grid: SAM's ViT, whose attention windows and relative positions need the
   full grid). Tokens are merged only around each block's MLP, inside 2 x 2 cells: in every cell, the three other
   tokens are compared with the cell's top-left token, and the globally most similar ones are averaged into it; the MLP
-  runs on the remaining tokens and its output is copied back to every token that was merged ("unmerged", as
-  ToMe for Stable Diffusion does). Attention and the residual stream stay on the full grid.
+  runs on the remaining tokens and its output is copied back to every token that was merged ("unmerged", the idea
+  of ToMe for Stable Diffusion, with our own 2 x 2-cell matching). Attention and the residual stream stay on the
+  full grid.
 
 In both placements ``Features.patches`` and every ``Features.layers`` tap come back on the full patch grid: each
-patch position gets the value of the token that it was merged into (as "Expediting Large-Scale Vision Transformer for
-Dense Prediction without Fine-tuning", Liang et al. 2022, restores its clustered tokens). With merging off nothing is
+patch position gets the value of the token that it was merged into (the idea of restoring reduced tokens to the grid
+comes from "Expediting Large-Scale Vision Transformer for Dense Prediction without Fine-tuning", Liang et al. 2022,
+whose clustering and reconstruction layers are not reproduced here). With merging off nothing is
 installed, so the encoder is bit-identical to the one loaded without it.
 """
 
@@ -85,7 +88,7 @@ def parse_token_merging(value: Any) -> int | float | None:
 
 
 def _bipartite(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToMe's matching on ``[B, n, C]`` unit vectors: A = even tokens, B = odd tokens.
+    """Bipartite matching (the ToMe paper's description) on ``[B, n, C]`` unit vectors: A = even, B = odd tokens.
 
     Returns ``(unm_idx [B, na - r], src_idx [B, r], dst_idx [B, r])``: indices into A of the A tokens kept and of
     the A tokens merged (the ``r`` best matched), and the index into B that each merged one goes to.
