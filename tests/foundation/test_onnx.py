@@ -140,3 +140,87 @@ def test_pipeline_runtime_onnx_exports_once_and_matches(tmp_path, monkeypatch):
     assert again.encoder.path == exported[0]
     with pytest.raises(ValueError, match="runtime='tensorrt' is not supported"):
         vfm.pipeline("zero-shot-classification", model=path, runtime="tensorrt")
+
+
+# -- SAM, SAM 2, EdgeTAM: image encoder + prompt decoder -------------------------------------------------------------
+SAM_KINDS = ["sam", "sam2", "edgetam"]
+
+
+def _prompt_cases(enc, B=2, N=3):
+    """(name, decode_masks kwargs) for points, boxes, both, and mask prompts alone and with points or boxes."""
+    g = torch.Generator().manual_seed(0)
+    S, s = enc.info.image_size[0], enc.low_res_size
+    pts = torch.rand(B, N, 2, 2, generator=g) * S
+    labels = torch.tensor([1, 0]).expand(B, N, 2).clone()
+    labels[0, 0, 1] = -10  # a padding point
+    boxes = torch.sort(torch.rand(B, N, 2, 2, generator=g) * S, dim=2).values.reshape(B, N, 4)
+    masks = torch.randn(B, 1, s, s, generator=g)
+    return [("points", {"points": pts, "labels": labels}), ("boxes", {"boxes": boxes}),
+            ("points+boxes", {"points": pts, "labels": labels, "boxes": boxes}), ("mask", {"masks": masks}),
+            ("points+mask", {"points": pts[:, :1], "labels": labels[:, :1], "masks": masks}),
+            ("boxes+mask", {"boxes": boxes[:, :1], "masks": masks})]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", SAM_KINDS)
+def test_prompt_tokens_decode_as_the_model_does(kind):
+    """decode_tokens (the fixed signature the graph is traced from) gives decode_masks' masks for every prompt kind."""
+    from visionfm.foundation.sam.prompting import prompt_tokens
+
+    enc = vfm.load_encoder(tiny_checkpoint(kind), device="cpu")
+    with torch.no_grad():
+        tensors = enc.decoder_inputs(enc.normalize(torch.rand(2, 3, *enc.info.image_size)))
+        for name, kw in _prompt_cases(enc):
+            masks = kw.get("masks")
+            coords, labels = prompt_tokens(enc.prompt_variant, kw.get("points"), kw.get("labels"), kw.get("boxes"),
+                                           (2, 1))  # fmt: skip
+            for multimask in (False, True):
+                a = enc.decode_masks(tensors, multimask=multimask, **kw)
+                mask_input = masks if masks is not None else torch.zeros(2, 1, enc.low_res_size, enc.low_res_size)
+                has_mask = torch.ones(1) if masks is not None else torch.zeros(1)
+                b = enc.decode_tokens(tensors, coords, labels, mask_input, has_mask, multimask)
+                assert b[0].shape == a[0].shape, name
+                torch.testing.assert_close(b[0], a[0], atol=1e-6, rtol=0, msg=name)
+                torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", SAM_KINDS)
+def test_prompt_decoder_graphs_match_pytorch(exports, kind):
+    from visionfm.foundation.onnx_runtime import OnnxPromptableEncoder, load_onnx_encoder
+
+    enc = vfm.load_encoder(tiny_checkpoint(kind), device="cpu")
+    onnx_enc = load_onnx_encoder(exports[(kind, None)])
+    assert isinstance(onnx_enc, OnnxPromptableEncoder) and onnx_enc.low_res_size == enc.low_res_size
+    assert onnx_enc.auto_mask_defaults == enc.auto_mask_defaults
+    x = enc.normalize(torch.rand(2, 3, *enc.info.image_size))
+    with torch.no_grad():
+        tensors = enc.decoder_inputs(x)
+        exported = onnx_enc.decoder_inputs(x)
+        assert len(exported) == len(tensors)
+        for a, b in zip(tensors, exported, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+        for name, kw in _prompt_cases(enc):  # the torch image tensors: the decoder graph alone is compared
+            for multimask in (False, True):
+                a = enc.decode_masks(tensors, multimask=multimask, **kw)
+                b = onnx_enc.decode_masks(tensors, multimask=multimask, **kw)
+                assert b[0].shape == a[0].shape, name
+                torch.testing.assert_close(b[0], a[0], atol=1e-4, rtol=0, msg=name)
+                torch.testing.assert_close(b[1], a[1], atol=1e-4, rtol=0, msg=name)
+    m = json.loads((exports[(kind, None)] / "manifest.json").read_text())
+    assert {"vision", "prompt_decoder", "prompt_decoder_multimask"} <= set(m["graphs"])
+    assert m["sam"]["variant"] == enc.prompt_variant
+
+
+@pytest.mark.parametrize("kind", ["sam", "sam2"])
+def test_mask_generation_gives_the_same_masks_on_both_runtimes(exports, kind):
+    a = vfm.pipeline("mask-generation", model=tiny_checkpoint(kind), device="cpu")
+    b = vfm.pipeline("mask-generation", model=exports[(kind, None)], runtime="onnx")
+    prompts = {"points": [[10, 12], [40, 30]], "boxes": [[5, 5, 30, 40], [20, 10, 60, 45]]}
+    for ra, rb in zip(a(IMAGES, **prompts), b(IMAGES, **prompts), strict=True):
+        assert ra.masks.shape == rb.masks.shape == (2, 50, 70)
+        assert torch.equal(ra.masks, rb.masks)
+        torch.testing.assert_close(rb.scores, ra.scores, atol=1e-4, rtol=0)
+    opts = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}  # random weights: keep all
+    ga, gb = a.generate(IMAGES[0], **opts), b.generate(IMAGES[0], **opts)
+    assert len(ga) > 0 and len(gb) == len(ga)
+    assert torch.equal(ga.masks, gb.masks)
+    torch.testing.assert_close(gb.scores, ga.scores, atol=1e-4, rtol=0)

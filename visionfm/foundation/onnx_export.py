@@ -10,6 +10,13 @@
   baked into the vision graph.
 - ``dense_<mode>.onnx`` (image-text families): the training-free dense modes (vanilla, MaskCLIP, SCLIP, ClearCLIP,
   NACLIP) at the native input size, for zero-shot segmentation.
+- ``prompt_decoder.onnx`` and ``prompt_decoder_multimask.onnx`` (SAM, SAM 2 / 2.1, EdgeTAM): the prompt encoder and
+  mask decoder as their own graphs, so one image embedding serves any number of prompts. Inputs: the image tensors
+  the decoder reads (``image_embeddings`` ``[B, C, h, w]``, and for SAM 2 / EdgeTAM ``high_res_0``, ``high_res_1``,
+  which ``vision.onnx`` also outputs), the prompts as labelled points (``point_coords`` ``[B, N, T, 2]`` in the input
+  frame, ``point_labels`` ``[B, N, T]``; see :func:`visionfm.foundation.sam.prompting.prompt_tokens`: a box is two
+  corners labelled 2 and 3), ``mask_input`` ``[B, 1, s, s]`` and ``has_mask_input`` ``[1]``; outputs
+  ``low_res_masks`` ``[B, N, M, s, s]`` and ``iou_scores`` ``[B, N, M]`` (``M`` = 1, or 3 for the multimask graph).
 - ``tokenizer/``: the checkpoint's tokenizer files (no weights), read back by the runtime.
 - ``manifest.json``: the format version, the visionfm and torch versions, the source, ``EncoderInfo``, the
   preprocessing (:class:`~visionfm.foundation.preprocess.PreprocessConfig`), each graph's inputs and outputs with
@@ -26,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +58,68 @@ class _Vision(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encoder(pixel_values)
         return f.pooled, f.patches
+
+
+class _PromptableVision(nn.Module):
+    """A SAM-style image encoder: ``Features`` plus the finer feature maps its mask decoder reads (SAM 2 / EdgeTAM)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tensors = self.encoder.decoder_inputs(pixel_values)
+        patches = tensors[-1].permute(0, 2, 3, 1)  # the image embedding is Features.patches, channels first
+        return (patches.mean(dim=(1, 2)), patches, *tensors[:-1])
+
+
+def _per_prompt(image: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor,
+                mask_input: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``B`` images with ``N`` prompts each as ``B * N`` images with one prompt each.
+
+    The decoders repeat each image's tensors for its prompts with ``repeat_interleave``, which the exporter turns into
+    a graph that fails for ``B > 1`` and ``N > 1`` under onnxruntime; repeating them here (expand + reshape) gives the
+    decoder one prompt per image, with the same arithmetic per (image, prompt).
+    """
+    B, N = coords.shape[:2]
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t[:, None].expand(B, N, *t.shape[1:]).reshape(B * N, *t.shape[1:])
+
+    return (tuple(rows(t) for t in image), coords.reshape(B * N, 1, *coords.shape[2:]),
+            labels.reshape(B * N, 1, labels.shape[2]), rows(mask_input))  # fmt: skip
+
+
+class _PromptDecoder(nn.Module):
+    """SAM's prompt encoder and mask decoder on prompt tokens (:meth:`PromptableEncoder.decode_tokens`), one prompt
+    per decoder row (:func:`_per_prompt`)."""
+
+    def __init__(self, encoder: nn.Module, multimask: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.multimask = multimask
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        return self._decode((image_embeddings,), point_coords, point_labels, mask_input, has_mask_input)
+
+    def _decode(self, image: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        B, N = coords.shape[:2]
+        low, iou = self.encoder.decode_tokens(*_per_prompt(image, coords, labels, mask_input), has_mask_input,
+                                              self.multimask)  # fmt: skip
+        return low.reshape(B, N, *low.shape[2:]), iou.reshape(B, N, iou.shape[-1])
+
+
+class _PromptDecoderFPN(_PromptDecoder):
+    """SAM 2 / EdgeTAM: the image embedding, then the two finer feature maps, then the prompts."""
+
+    def forward(self, image_embeddings: torch.Tensor, high_res_0: torch.Tensor, high_res_1: torch.Tensor,  # type: ignore[override]
+                point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
+                has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        return self._decode(
+            (high_res_0, high_res_1, image_embeddings), point_coords, point_labels, mask_input, has_mask_input
+        )
 
 
 class _Text(nn.Module):
@@ -99,8 +169,11 @@ def _require_onnx() -> None:
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
             output_names: list[str], dynamic: list[dict[int, Any]], opset: int | None) -> None:  # fmt: skip
     kw: dict[str, Any] = {"opset_version": opset} if opset else {}
-    program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=tuple(dynamic), input_names=input_names,
-                                output_names=output_names, verbose=False, **kw)  # fmt: skip
+    module.eval()  # the wrappers are fresh modules: trace the inference graph (no dropout, SAM 2's eval-only paths)
+    with warnings.catch_warnings():  # the exporter's note that equal dynamic axes share one name
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
+        program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=tuple(dynamic), input_names=input_names,
+                                    output_names=output_names, verbose=False, **kw)  # fmt: skip
     program.save(str(path))
 
 
@@ -112,6 +185,34 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
             shutil.copy2(f, dst / f.name)
             copied.append(f.name)
     return copied
+
+
+def _export_prompt_decoder(enc: Any, x: torch.Tensor, out: Path, batch: Any, extra: list[str],
+                           opset: int | None) -> dict[str, Any]:  # fmt: skip
+    """Write the two prompt-decoder graphs of a SAM-style encoder; returns the manifest's ``sam`` entry."""
+    from .sam.prompting import prompt_tokens
+
+    with torch.no_grad():
+        tensors = enc.decoder_inputs(x)
+    B, side, s = x.shape[0], enc.info.image_size[0], enc.low_res_size
+    points = torch.rand(B, 3, 2, 2) * side
+    coords, labels = prompt_tokens(enc.prompt_variant, points, torch.ones(B, 3, 2, dtype=torch.long), None, (B, 3))
+    args = (tensors[-1], *tensors[:-1], coords, labels, torch.zeros(B, 1, s, s), torch.zeros(1))
+    prompts, tokens = torch.export.Dim("prompts", min=1, max=65536), torch.export.Dim("tokens", min=1, max=4096)
+    names = ["image_embeddings", *extra, "point_coords", "point_labels", "mask_input", "has_mask_input"]
+    dynamic = [{0: batch} for _ in tensors] + [{0: batch, 1: prompts, 2: tokens}] * 2 + [{0: batch}, None]
+    for multimask, file in ((False, "prompt_decoder.onnx"), (True, "prompt_decoder_multimask.onnx")):
+        if len(tensors) not in (1, 3):
+            raise ValueError(f"a SAM-style decoder reads 1 or 3 image tensors, this one {len(tensors)}")
+        module = (_PromptDecoder if len(tensors) == 1 else _PromptDecoderFPN)(enc, multimask)
+        with torch.no_grad():
+            _export(module, args, out / file, names, ["low_res_masks", "iou_scores"], dynamic, opset)
+    return {
+        "variant": enc.prompt_variant,
+        "low_res_size": s,
+        "image_inputs": ["image_embeddings", *extra],
+        "auto_mask_defaults": dataclasses.asdict(enc.auto_mask_defaults),
+    }
 
 
 def export_onnx(
@@ -159,11 +260,13 @@ def export_onnx(
     x = enc.normalize(torch.rand(2, 3, h, w))
     batch = torch.export.Dim("batch", min=1, max=4096)
     graphs: dict[str, Any] = {}
+    promptable = callable(getattr(enc, "decode_tokens", None))
     with torch.no_grad():
         ref = enc(x)
+        extra = [f"high_res_{i}" for i in range(len(enc.decoder_inputs(x[:1])) - 1)] if promptable else []
         try:
-            _export(_Vision(enc), (x,), out / "vision.onnx", ["pixel_values"], ["pooled", "patches"],
-                    [{0: batch}], opset)  # fmt: skip
+            _export(_PromptableVision(enc) if promptable else _Vision(enc), (x,), out / "vision.onnx",
+                    ["pixel_values"], ["pooled", "patches", *extra], [{0: batch}], opset)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - the exporter's own errors are long; keep the first line
             raise ValueError(f"{model!r} ({info.family}/{info.backend}): the vision tower did not export to ONNX: "
                              f"{type(e).__name__}: {str(e).splitlines()[0]}") from e  # fmt: skip
@@ -184,6 +287,10 @@ def export_onnx(
         "preprocess": dataclasses.asdict(enc.preprocess_config),
         "graphs": graphs,
     }
+    if promptable:
+        manifest["sam"] = _export_prompt_decoder(enc, x, out, batch, extra, opset)
+        graphs["prompt_decoder"] = {"file": "prompt_decoder.onnx"}
+        graphs["prompt_decoder_multimask"] = {"file": "prompt_decoder_multimask.onnx"}
     if text and info.has_text:
         if not hasattr(enc, "text_inputs"):
             raise ValueError(f"{model!r}: the {info.family}/{info.backend} text tower has no ONNX export yet")

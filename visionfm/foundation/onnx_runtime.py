@@ -3,7 +3,12 @@
 ``OnnxEncoder(export_dir)`` reads ``manifest.json``, opens ``vision.onnx`` (and ``text.onnx``) in onnxruntime
 sessions, and rebuilds preprocessing and the tokenizer from the manifest. ``encode`` and ``encode_text`` then work as
 on the PyTorch encoder: the same preprocessing code, the same batching, ``Features`` with ``pooled`` and
-``patches``. Layer taps (``layers=``) and the dense CLIP modes need the model's internals and are not available.
+``patches``. Layer taps (``layers=``) need the model's internals and are not available; the dense CLIP modes run
+from their own exported graphs.
+
+SAM-style exports (SAM, SAM 2 / 2.1, EdgeTAM) open as :class:`OnnxPromptableEncoder`, which the mask-generation
+pipeline prompts like the PyTorch model: the image embedding from ``vision.onnx``, the prompts through the
+prompt-decoder graphs. :func:`load_onnx_encoder` picks the class from the manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from .encoder import TextEncoder
 from .features import EncoderInfo, Features
 from .preprocess import PreprocessConfig
+from .sam.prompting import AutoMaskDefaults, PromptableEncoder, prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +102,17 @@ class OnnxEncoder(TextEncoder):
         """Run ``vision.onnx`` on preprocessed pixels ``[B, 3, H, W]`` (``(H, W) = info.image_size``)."""
         if layers:
             raise ValueError(f"{self.path}: an ONNX export has no layer taps (layers={list(layers)})")
-        want = tuple(self._info.image_size)
-        if tuple(pixel_values.shape[-2:]) != want or pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be [B, 3, {want[0]}, {want[1]}] for this export, got "
-                             f"{tuple(pixel_values.shape)}")  # fmt: skip
+        self._check_pixels(pixel_values)
         x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
         pooled, patches = self._vision.run(["pooled", "patches"], {"pixel_values": x})
         p = torch.from_numpy(patches)
         return Features(pooled=torch.from_numpy(pooled), patches=p, grid=(p.shape[1], p.shape[2]))
+
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+        want = tuple(self._info.image_size)
+        if tuple(pixel_values.shape[-2:]) != want or pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be [B, 3, {want[0]}, {want[1]}] for this export, got "
+                             f"{tuple(pixel_values.shape)}")  # fmt: skip
 
     def onnx_dense(self, pixel_values: torch.Tensor, mode: str) -> torch.Tensor:
         """``dense_features(self, pixel_values, mode)`` from the exported ``dense_<mode>.onnx``: ``[B, h, w, D]``."""
@@ -148,6 +157,104 @@ class OnnxEncoder(TextEncoder):
         if self._text is None:
             raise TypeError(f"{self.path}: this export has no text graph (info.has_text is {self._info.has_text})")
         return super().encode_text(texts, batch_size=batch_size)
+
+
+class OnnxPromptableEncoder(OnnxEncoder, PromptableEncoder):
+    """An exported SAM, SAM 2 / 2.1 or EdgeTAM on onnxruntime: ``pipeline("mask-generation")`` runs it as the PyTorch
+    model (same image embeddings, prompts, masks and automatic-mask defaults).
+
+    Args:
+        path: an export directory whose manifest has a ``sam`` entry.
+        threads: onnxruntime intra-op threads (default: onnxruntime's).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        super().__init__(path, threads=threads)
+        sam = self.manifest.get("sam")
+        if sam is None:
+            raise ValueError(f"{self.path}: this export has no prompt decoder (it is not a SAM-style model)")
+        self.prompt_variant = sam["variant"]
+        self.auto_mask_defaults = AutoMaskDefaults(**sam["auto_mask_defaults"])
+        self._low_res = int(sam["low_res_size"])
+        self._image_inputs = list(sam["image_inputs"])
+        self._decoders: dict[bool, Any] = {}
+
+    @property
+    def low_res_size(self) -> int:
+        return self._low_res
+
+    def _impl(self) -> type:
+        """The PyTorch class whose pure-tensor steps (mask upscaling, mask prompts) this export shares."""
+        from .sam.sam1 import SamEncoder
+        from .sam.sam2 import Sam2Encoder
+
+        return SamEncoder if self.prompt_variant == "sam1" else Sam2Encoder
+
+    def decoder_inputs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mask decoder's image inputs from ``vision.onnx``: finer maps first, the image embedding last."""
+        self._check_pixels(pixel_values)
+        x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
+        extra = self._image_inputs[1:]
+        outs = self._vision.run(["patches", *extra], {"pixel_values": x})
+        patches = torch.from_numpy(outs[0]).permute(0, 3, 1, 2).contiguous()
+        return (*(torch.from_numpy(o) for o in outs[1:]), patches)
+
+    def decode_tokens(
+        self,
+        tensors: Sequence[torch.Tensor],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exported prompt decoder (``prompt_decoder[_multimask].onnx``); see
+        :meth:`~visionfm.foundation.sam.PromptableEncoder.decode_tokens`."""
+        if multimask not in self._decoders:
+            key = "prompt_decoder_multimask" if multimask else "prompt_decoder"
+            self._decoders[multimask] = _session(self.path / self.manifest["graphs"][key]["file"], self._threads)
+
+        def arr(t: torch.Tensor, dtype: Any) -> np.ndarray:
+            return t.detach().to("cpu").numpy().astype(dtype, copy=False)
+
+        image = (tensors[-1], *tensors[:-1])  # the graph takes the image embedding first
+        feeds = {name: arr(t, np.float32) for name, t in zip(self._image_inputs, image, strict=True)}
+        feeds.update(point_coords=arr(coords, np.float32), point_labels=arr(labels, np.int64),
+                     mask_input=arr(mask_input, np.float32), has_mask_input=arr(has_mask_input, np.float32))  # fmt: skip
+        low, iou = self._decoders[multimask].run(["low_res_masks", "iou_scores"], feeds)
+        return torch.from_numpy(low), torch.from_numpy(iou)
+
+    def decode_masks(
+        self,
+        tensors: Sequence[torch.Tensor],
+        *,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`~visionfm.foundation.sam.PromptableEncoder.decode_masks` on the exported graphs."""
+        B, s = tensors[-1].shape[0], self._low_res
+        coords, labs = prompt_tokens(self.prompt_variant, points, labels, boxes, (B, 1))
+        has = torch.ones(1) if masks is not None else torch.zeros(1)
+        mask_input = masks.float() if masks is not None else torch.zeros(B, 1, s, s)
+        return self.decode_tokens(tensors, coords, labs, mask_input, has, multimask)
+
+    def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
+        return self._impl().upscale_masks(self, low, original, resized)
+
+    def mask_prompt(self, masks: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
+        return self._impl().mask_prompt(self, masks, original, resized)
+
+
+def load_onnx_encoder(path: str | os.PathLike, *, threads: int | None = None) -> OnnxEncoder:
+    """Open an export directory as :class:`OnnxPromptableEncoder` (SAM-style exports) or :class:`OnnxEncoder`."""
+    from .onnx_export import MANIFEST
+
+    mf = Path(path) / MANIFEST
+    sam = mf.is_file() and "sam" in json.loads(mf.read_text())
+    return (OnnxPromptableEncoder if sam else OnnxEncoder)(path, threads=threads)
 
 
 def _load_tokenizer(path: Path, kind: str) -> Any:

@@ -58,8 +58,8 @@ def pipeline(
         batch_size: images per forward pass.
         runtime: ``"torch"`` (default) or ``"onnx"``: run the model's ONNX export on onnxruntime (CPU).
             ``model`` is then an export directory (``visionfm export``), or a name, which is exported once into
-            ``$VISIONFM_CACHE/onnx/`` first. Zero-shot classification and zero-shot-seg (the dense modes but
-            ``proxy``) run on exports; see docs/foundation.md → "ONNX export".
+            ``$VISIONFM_CACHE/onnx/`` first. Zero-shot classification, zero-shot-seg (the dense modes but
+            ``proxy``) and mask generation (SAM, SAM 2, EdgeTAM) run on exports; see docs/foundation.md → "ONNX export".
         **kwargs: task options (e.g. ``templates=`` for zero-shot classification) and ``load_encoder`` options.
 
     Returns:
@@ -80,20 +80,20 @@ def pipeline(
 
 
 def _onnx_encoder(model: Any) -> Encoder:
-    """An :class:`~visionfm.foundation.onnx_runtime.OnnxEncoder` for an export directory or a model name (exported
+    """An :class:`~visionfm.foundation.onnx_runtime.OnnxEncoder` (or ``OnnxPromptableEncoder``) for an export directory or a model name (exported
     once into the cache)."""
     import hashlib
     import os
     from pathlib import Path
 
     from ..foundation.onnx_export import MANIFEST, export_onnx
-    from ..foundation.onnx_runtime import OnnxEncoder
+    from ..foundation.onnx_runtime import load_onnx_encoder
 
     if isinstance(model, Encoder):
         raise TypeError("runtime='onnx' needs a model name or an export directory, not a loaded Encoder")
     path = Path(os.path.expanduser(os.fspath(model)))
     if (path / MANIFEST).is_file():
-        return OnnxEncoder(path)
+        return load_onnx_encoder(path)
     name = os.fspath(model)
     key = name
     if path.is_dir():  # a retrained or replaced checkpoint gets a fresh export
@@ -103,7 +103,7 @@ def _onnx_encoder(model: Any) -> Encoder:
     out = root / f"{path.name or 'model'}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (out / MANIFEST).is_file():
         export_onnx(name, out)
-    return OnnxEncoder(out)
+    return load_onnx_encoder(out)
 
 
 class Pipeline:

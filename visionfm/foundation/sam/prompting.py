@@ -7,6 +7,12 @@ pipeline itself is model-agnostic.
 
 Coordinates: prompts reach :meth:`PromptableEncoder.decode_masks` in the model's input frame (pixels of the
 preprocessed image, x right, y down); :meth:`PromptableEncoder.input_coords` maps original-image pixels there.
+
+Prompt tokens: every point and box prompt of SAM, SAM 2 and EdgeTAM is a list of labelled points — a point keeps its
+label (1 foreground, 0 background, -1 not-a-point, -10 ignored), a box becomes its two corners labelled 2 and 3, and
+the models add a not-a-point where their prompt encoders do. :func:`prompt_tokens` builds that list the way each
+model's prompt encoder orders it, and :meth:`PromptableEncoder.decode_tokens` decodes it with one fixed signature,
+which is what the ONNX prompt-decoder graph (:mod:`visionfm.foundation.onnx_export`) is traced from.
 """
 
 from __future__ import annotations
@@ -79,6 +85,73 @@ class AutoMaskDefaults:
         return {k: v for k, v in self.__dict__.items() if k != "source"}
 
 
+#: labels of the two corners of a box prompt, as point labels of :func:`prompt_tokens`
+BOX_CORNER_LABELS = (2, 3)
+
+
+def prompt_tokens(
+    variant: str,
+    points: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    batch: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point and box prompts as one list of labelled points per prompt, in the order the model's prompt encoder
+    embeds them.
+
+    Args:
+        variant: ``"sam1"`` (``SamPromptEncoder``: a not-a-point pads point prompts without boxes; nothing pads boxes;
+            no prompt at all is no token) or ``"sam2"`` (``Sam2PromptEncoder``, EdgeTAM's too: a not-a-point pads point
+            prompts without boxes and follows every box; no prompt at all is two not-a-points).
+        points: ``[B, N, P, 2]`` point prompts in the model's input frame, or None.
+        labels: ``[B, N, P]`` their labels, or None (with ``points``).
+        boxes: ``[B, N, 4]`` xyxy boxes in the model's input frame, or None.
+        batch: ``(B, N)``, used when there is neither points nor boxes.
+
+    Returns:
+        ``(coords [B, N, T, 2] float32, labels [B, N, T] int64)``; box corners carry :data:`BOX_CORNER_LABELS`.
+    """
+    if variant not in ("sam1", "sam2"):
+        raise ValueError(f"variant must be 'sam1' or 'sam2', got {variant!r}")
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ref = next((t for t in (points, boxes) if t is not None), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    B, N = (ref.shape[0], ref.shape[1]) if ref is not None else batch
+
+    def pad(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(B, N, n, 2, device=device), torch.full((B, N, n), -1, dtype=torch.long, device=device)
+
+    if points is not None:
+        if labels is None:
+            raise ValueError("point prompts need labels")
+        parts.append((points.float(), labels.long()))
+        if boxes is None:
+            parts.append(pad(1))
+    if boxes is not None:
+        corners = torch.tensor(BOX_CORNER_LABELS, dtype=torch.long, device=device).expand(B, N, 2)
+        parts.append((boxes.float().reshape(B, N, 2, 2), corners))
+        if variant == "sam2":
+            parts.append(pad(1))
+    if not parts:
+        parts.append(pad(2) if variant == "sam2" else pad(0))
+    return torch.cat([p for p, _ in parts], dim=2), torch.cat([lab for _, lab in parts], dim=2)
+
+
+def embed_prompt_tokens(
+    prompt_encoder: torch.nn.Module, point_weights: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Sparse prompt embeddings ``[B, N, T, C]`` of :func:`prompt_tokens`' output, with the prompt encoder's weights:
+    each point's positional encoding at its pixel centre (not-a-point: its learned embedding; label -10: zeros) plus
+    its label's embedding (``point_weights`` ``[4, C]``: negative, background, foreground, top-left and bottom-right
+    corner) for labels >= 0 — the arithmetic of transformers' SAM and SAM 2 prompt encoders for points and boxes."""
+    side = int(prompt_encoder.input_image_size)
+    emb = prompt_encoder.shared_embedding(coords + 0.5, (side, side))
+    lab = labels[..., None]
+    emb = torch.where(lab == -1, prompt_encoder.not_a_point_embed.weight, emb)
+    emb = torch.where(lab != -10, emb, torch.zeros_like(emb))
+    return emb + point_weights[labels.clamp(0, point_weights.shape[0] - 1)] * (lab >= 0).to(emb.dtype)
+
+
 class PromptableEncoder(Encoder):
     """An image encoder that keeps SAM's prompt encoder and mask decoder (``self.model``).
 
@@ -88,6 +161,8 @@ class PromptableEncoder(Encoder):
 
     #: Defaults of automatic mask generation for this model (its reference generator's).
     auto_mask_defaults: AutoMaskDefaults
+    #: How its prompt encoder orders prompt tokens (:func:`prompt_tokens`): ``"sam1"`` or ``"sam2"``.
+    prompt_variant: str = "sam1"
 
     # -- the image side ----------------------------------------------------------------------------
     def embed_images(self, pixels: Sequence[torch.Tensor]) -> list[ImageEmbedding]:
@@ -148,6 +223,30 @@ class PromptableEncoder(Encoder):
         """
         raise NotImplementedError
 
+    def decode_tokens(
+        self,
+        tensors: Sequence[torch.Tensor],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_masks` with one fixed signature: the same masks and scores for the same prompts.
+
+        Args:
+            tensors: as in :meth:`decode_masks`.
+            coords: ``[B, N, T, 2]`` and ``labels`` ``[B, N, T]``: the prompts as :func:`prompt_tokens` lists them.
+            labels: see ``coords``.
+            mask_input: ``[B, 1, s, s]`` mask-prompt logits (zeros when there is none).
+            has_mask_input: ``[1]``, 1.0 to use ``mask_input``, 0.0 for the model's no-mask embedding.
+            multimask: as in :meth:`decode_masks`.
+
+        Returns:
+            ``(low_res_logits [B, N, M, s, s], iou_scores [B, N, M])``, float32.
+        """
+        raise NotImplementedError
+
     def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         """Low-resolution mask logits ``[N, s, s]`` of one image to logits ``[N, H, W]`` at its original size, as the
         model's processor ``post_process_masks`` does before thresholding."""
@@ -159,4 +258,11 @@ class PromptableEncoder(Encoder):
         raise NotImplementedError
 
 
-__all__ = ["AutoMaskDefaults", "ImageEmbedding", "PromptableEncoder"]
+__all__ = [
+    "BOX_CORNER_LABELS",
+    "AutoMaskDefaults",
+    "ImageEmbedding",
+    "PromptableEncoder",
+    "embed_prompt_tokens",
+    "prompt_tokens",
+]

@@ -31,7 +31,7 @@ from ..encoder import tap_blocks
 from ..features import EncoderInfo, Features
 from ..preprocess import PreprocessConfig
 from ..token_merging import TokenMergingSites
-from .prompting import AutoMaskDefaults, PromptableEncoder
+from .prompting import AutoMaskDefaults, PromptableEncoder, embed_prompt_tokens
 from .sam1 import SAM_MEAN, SAM_STD, square_size
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class Sam2Encoder(PromptableEncoder):
     """
 
     auto_mask_defaults = SAM2_AUTO_MASKS
+    prompt_variant = "sam2"
 
     def __init__(self, model: torch.nn.Module, preprocess_config: PreprocessConfig, name: str) -> None:
         vcfg = model.config.vision_config
@@ -218,6 +219,33 @@ class Sam2Encoder(PromptableEncoder):
             **{k: v for k, v in kw.items() if v is not None},
         )
         return out.pred_masks.float(), out.iou_scores.float()
+
+    def decode_tokens(
+        self,
+        tensors: Sequence[torch.Tensor],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Sam2Model``'s (``EdgeTamModel``'s) prompt encoder and mask decoder on prompt tokens; see
+        :meth:`PromptableEncoder.decode_tokens`."""
+        emb = tensors[-1]
+        pe = self.model.prompt_encoder
+        sparse = embed_prompt_tokens(pe, pe.point_embed.weight, coords.to(emb.dtype), labels)
+        has = has_mask_input.to(emb.dtype).reshape(1, 1, 1, 1)
+        dense = pe.mask_embed(mask_input.to(emb.dtype)) * has + pe.no_mask_embed.weight.reshape(1, -1, 1, 1) * (1 - has)
+        pos = self.model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
+        low, iou = self.model.mask_decoder(
+            image_embeddings=emb,
+            image_positional_embeddings=pos,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            high_resolution_features=list(tensors[:-1]),
+        )[:2]
+        return low.float(), iou.float()
 
     def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         """Straight to the original ``(H, W)``, as ``Sam2ImageProcessor.post_process_masks``: ``[N, s, s]`` ->
