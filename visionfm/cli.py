@@ -56,6 +56,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the local web app until interrupted."""
+    from .app import AppConfig, serve
+
+    cfg = AppConfig(clip=args.clip, sam=args.sam, grounding=args.grounding, runtime=args.runtime, device=args.device,
+                    max_pixels=args.max_pixels, seg_mode=args.seg_mode)  # fmt: skip
+    serve(cfg, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a model to ONNX graphs plus a manifest."""
     from .foundation.onnx_export import export_onnx
@@ -330,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-text", action="store_true", help="image-text families: skip the text tower graph")
     x.add_argument("--allow-pickle", action="store_true", help="permit pickle checkpoints (weights_only=True)")
     x.set_defaults(func=cmd_export)
+    a = sub.add_parser("app", help="a local web page: zero-shot-seg overlays, grounding, click-to-segment (offline)")
+    a.add_argument("--clip", default="toyworld-clip", help="image-text model for segmentation and grounding")
+    a.add_argument("--sam", default="toyworld-sam", help="SAM-family model for click-to-segment and box-to-mask")
+    a.add_argument("--grounding", default=None, help="a detector (OWLv2, Grounding DINO, SAM 3); default: --clip")
+    a.add_argument("--seg-mode", default=None, help="zero-shot-seg mode (default: the model's preset)")
+    a.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
+    a.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    a.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload, width x height")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=7860)
+    a.set_defaults(func=cmd_app)
     c = sub.add_parser("convert", help="convert a CLIP checkpoint between open_clip and transformers formats")
     c.add_argument("src")
     c.add_argument("dst")
