@@ -224,3 +224,13 @@ def test_mask_generation_gives_the_same_masks_on_both_runtimes(exports, kind):
     assert len(ga) > 0 and len(gb) == len(ga)
     assert torch.equal(ga.masks, gb.masks)
     torch.testing.assert_close(gb.scores, ga.scores, atol=1e-4, rtol=0)
+
+
+def test_memory_arena_is_off_unless_asked(exports):
+    from visionfm.foundation.onnx_runtime import load_onnx_encoder
+
+    off = load_onnx_encoder(exports[("dinov2", None)])
+    on = load_onnx_encoder(exports[("dinov2", None)], memory_arena=True)
+    assert off._vision.get_session_options().enable_cpu_mem_arena is False
+    assert on._vision.get_session_options().enable_cpu_mem_arena is True
+    torch.testing.assert_close(on.encode(IMAGES).pooled, off.encode(IMAGES).pooled, atol=0, rtol=0)

@@ -31,7 +31,7 @@ from .sam.prompting import AutoMaskDefaults, PromptableEncoder, prompt_tokens
 logger = logging.getLogger(__name__)
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _session(path: Path, threads: int | None, memory_arena: bool = False) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -39,6 +39,8 @@ def _session(path: Path, threads: int | None) -> Any:
     opts = ort.SessionOptions()
     # no busy-waiting between runs: spinning threads would take the cores from PyTorch work in the same process
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # the CPU arena keeps onnxruntime's buffers between runs; PyTorch work in the same process then ran slower
+    opts.enable_cpu_mem_arena = bool(memory_arena)
     if threads:
         opts.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -50,9 +52,12 @@ class OnnxEncoder(TextEncoder):
     Args:
         path: an export directory (``manifest.json`` + graphs).
         threads: onnxruntime intra-op threads (default: onnxruntime's).
+        memory_arena: use onnxruntime's CPU memory arena. Off by default: the pipelines run PyTorch pre- and
+            post-processing around the graphs, and with the arena on, PyTorch work in the same process ran up to 2x
+            slower on the 2-core benchmark machine (docs/benchmarks.md), while the graphs ran up to 1.3x faster.
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, memory_arena: bool = False) -> None:
         from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST
 
         path = Path(path)
@@ -76,13 +81,14 @@ class OnnxEncoder(TextEncoder):
         self.manifest = manifest
         self.source_backend = manifest["backend"]
         self._threads = threads
+        self._arena = memory_arena
         self._dense: dict[str, Any] = {}
-        self._vision = _session(path / manifest["graphs"]["vision"]["file"], threads)
+        self._vision = _session(path / manifest["graphs"]["vision"]["file"], threads, memory_arena)
         self._text = None
         self.logit_bias = None
         if "text" in manifest["graphs"]:
             t = manifest["text"]
-            self._text = _session(path / manifest["graphs"]["text"]["file"], threads)
+            self._text = _session(path / manifest["graphs"]["text"]["file"], threads, memory_arena)
             self._text_names = [i.name for i in self._text.get_inputs()]
             self._tokenizer = _load_tokenizer(path / t["tokenizer_dir"], t["tokenizer"])
             self._tok_opts = dict(t.get("tokenizer_options") or {})
@@ -125,7 +131,7 @@ class OnnxEncoder(TextEncoder):
             raise ValueError(f"{self.path}: the exported dense modes take {want[0]}x{want[1]} inputs (the model's "
                              f"native size; use window={want[0]}), got {tuple(pixel_values.shape[-2:])}")  # fmt: skip
         if mode not in self._dense:
-            self._dense[mode] = _session(self.path / graph["file"], self._threads)
+            self._dense[mode] = _session(self.path / graph["file"], self._threads, self._arena)
         x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self._dense[mode].run(["dense"], {"pixel_values": x})[0])
 
@@ -168,8 +174,8 @@ class OnnxPromptableEncoder(OnnxEncoder, PromptableEncoder):
         threads: onnxruntime intra-op threads (default: onnxruntime's).
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
-        super().__init__(path, threads=threads)
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, memory_arena: bool = False) -> None:
+        super().__init__(path, threads=threads, memory_arena=memory_arena)
         sam = self.manifest.get("sam")
         if sam is None:
             raise ValueError(f"{self.path}: this export has no prompt decoder (it is not a SAM-style model)")
@@ -212,7 +218,8 @@ class OnnxPromptableEncoder(OnnxEncoder, PromptableEncoder):
         :meth:`~visionfm.foundation.sam.PromptableEncoder.decode_tokens`."""
         if multimask not in self._decoders:
             key = "prompt_decoder_multimask" if multimask else "prompt_decoder"
-            self._decoders[multimask] = _session(self.path / self.manifest["graphs"][key]["file"], self._threads)
+            self._decoders[multimask] = _session(self.path / self.manifest["graphs"][key]["file"], self._threads,
+                                                 self._arena)  # fmt: skip
 
         def arr(t: torch.Tensor, dtype: Any) -> np.ndarray:
             return t.detach().to("cpu").numpy().astype(dtype, copy=False)
@@ -248,13 +255,16 @@ class OnnxPromptableEncoder(OnnxEncoder, PromptableEncoder):
         return self._impl().mask_prompt(self, masks, original, resized)
 
 
-def load_onnx_encoder(path: str | os.PathLike, *, threads: int | None = None) -> OnnxEncoder:
-    """Open an export directory as :class:`OnnxPromptableEncoder` (SAM-style exports) or :class:`OnnxEncoder`."""
+def load_onnx_encoder(
+    path: str | os.PathLike, *, threads: int | None = None, memory_arena: bool = False
+) -> OnnxEncoder:
+    """Open an export directory as :class:`OnnxPromptableEncoder` (SAM-style exports) or :class:`OnnxEncoder`
+    (``threads``, ``memory_arena``: see :class:`OnnxEncoder`)."""
     from .onnx_export import MANIFEST
 
     mf = Path(path) / MANIFEST
     sam = mf.is_file() and "sam" in json.loads(mf.read_text())
-    return (OnnxPromptableEncoder if sam else OnnxEncoder)(path, threads=threads)
+    return (OnnxPromptableEncoder if sam else OnnxEncoder)(path, threads=threads, memory_arena=memory_arena)
 
 
 def _load_tokenizer(path: Path, kind: str) -> Any:
