@@ -114,10 +114,18 @@ def test_upload_label_segment_click_ground_and_bad_input(browser, url, tmp_path)
     _wait(browser, lambda d: d.find_element(By.ID, "error").is_displayed(), 30)
     assert "type at least one label" in browser.find_element(By.ID, "error").text
 
-    # a bad upload: the error on the page, not a stack trace
+    # bad uploads: the error on the page, not a stack trace
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
     browser.find_element(By.ID, "upload").send_keys(str(bad))
     _wait(browser, lambda d: "Upload refused" in d.find_element(By.ID, "error").text, 60)
     text = browser.find_element(By.ID, "error").text
     assert "notes.png" in text and "not a recognised image format" in text and "Traceback" not in text
+
+    # a huge image (5000 x 4000 = 20 MP, over the default 16.7 MP): refused from its header, with the limit named
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (5000, 4000), (90, 90, 90)).save(huge)
+    browser.find_element(By.ID, "upload").send_keys(str(huge))
+    _wait(browser, lambda d: "huge.png" in d.find_element(By.ID, "error").text, 60)
+    text = browser.find_element(By.ID, "error").text
+    assert "5000x4000 = 20000000 pixels, more than this app's limit of 16777216" in text and "--max-pixels" in text
