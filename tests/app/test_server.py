@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -226,5 +227,42 @@ def test_the_app_on_the_onnx_runtime(tmp_path, monkeypatch):
             assert (view["result"]["width"], view["result"]["height"]) == (90, 60)
         assert len(list((tmp_path / "onnx").iterdir())) == 2  # the CLIP and the SAM, each exported once
         assert type(app._pipes["sam"].encoder).__name__ == "OnnxPromptableEncoder"
+    finally:
+        app.close()
+
+
+def test_training_a_toyworld_model_shows_its_steps(tmp_path, monkeypatch):
+    """A toyworld model missing from the cache is trained first; the job's stage and progress follow the steps."""
+    import importlib.util
+    from pathlib import Path
+
+    import visionfm.toyworld.models as models
+    from visionfm.app import VisionApp
+
+    spec = importlib.util.spec_from_file_location("resume_prog", Path(__file__).parents[1] / "training/resume_prog.py")
+    prog = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prog)
+
+    def fake_training(kind, **_):  # a 6-step run of the shared loop stands in for the toy CLIP's recipe
+        prog.build(str(tmp_path / kind), 6, 0.15).fit()
+        return tiny_checkpoint("clip")
+
+    monkeypatch.setattr(models, "toy_model_dir", lambda kind, recipe=None: tmp_path / "missing")
+    monkeypatch.setattr(models, "ensure_toy_model", fake_training)
+    app = VisionApp(AppConfig(seg_mode="maskclip"))  # clip: toyworld-clip, not cached here
+    try:
+        image = app.add_image(_png(64, 64), "x.png")["id"]
+        job = app.submit({"task": "segment", "image": image, "labels": "red, green"})
+        seen = []
+        while (view := app.job(job))["state"] not in ("done", "error"):
+            seen.append((view["stage"], view["progress"]))
+            time.sleep(0.02)
+        assert view["state"] == "done", view
+        steps = [(s, p) for s, p in seen if "training the toyworld-clip model" in s and "step" in s]
+        assert steps, seen
+        assert {s.rsplit(": ", 1)[1] for s, _ in steps} <= {f"step {i} of 6" for i in range(1, 7)}
+        for s, p in steps:  # the bar at step k of 6 is k / 6 (read while the worker may be between the two updates)
+            k = int(s.split("step ")[1].split(" ")[0])
+            assert round((k - 1) / 6, 3) <= p <= round(k / 6, 3), (s, p)
     finally:
         app.close()

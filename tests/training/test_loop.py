@@ -204,3 +204,19 @@ def test_sigkill_at_a_seeded_step_then_resume_is_exact(reference, tmp_path, seed
     assert len(want) == 6 and got == want, kill_at
     if seed == 2:
         assert ckpts[-1].name in r.stderr  # the broken checkpoint is named in the fallback warning
+
+
+def test_progress_listener_hears_every_step_in_its_block(tmp_path):
+    import importlib.util
+
+    from visionfm.training import progress_listener
+
+    spec = importlib.util.spec_from_file_location("resume_prog", PROG)
+    prog = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prog)
+    seen: list[tuple[int, int]] = []
+    with progress_listener(lambda step, total: seen.append((step, total))):
+        prog.build(str(tmp_path / "a"), 5).fit()
+    assert seen == [(i, 5) for i in range(1, 6)]
+    prog.build(str(tmp_path / "b"), 3).fit()  # outside the block: not told
+    assert len(seen) == 5

@@ -319,15 +319,18 @@ class VisionApp:
         if name not in self._paths:
             if name in (TOY_CLIP, TOY_SAM, TOY_SSL):
                 from ..toyworld.models import ensure_toy_model, toy_model_dir
+                from ..training.loop import progress_listener
 
                 kind = name.removeprefix("toyworld-")
+                stage = f"training the {name} model (first run only; cached after)"
                 if not toy_model_dir(kind).is_dir():
-                    self._step(
-                        job,
-                        f"training the {name} model (first run only; this can take many minutes on a CPU)",
-                        job.progress,
-                    )
-                self._paths[name] = str(ensure_toy_model(kind))
+                    self._step(job, stage, 0.0)
+
+                def on_step(step: int, total: int) -> None:  # the page's bar follows the training steps
+                    job.stage, job.progress = f"{stage}: step {step} of {total}", step / max(total, 1)
+
+                with progress_listener(on_step):
+                    self._paths[name] = str(ensure_toy_model(kind))
             else:
                 self._paths[name] = name
         return self._paths[name]

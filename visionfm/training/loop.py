@@ -47,6 +47,11 @@ _CKPT_PREFIX = "step_"
 RUN_DIR_CHECK: contextvars.ContextVar[Callable[[Path, bool], None] | None] = contextvars.ContextVar(
     "RUN_DIR_CHECK", default=None
 )
+#: ``fn(step, max_steps)`` callables told of every optimizer step of the runs in this context (thread); see
+#: :func:`progress_listener`
+_STEP_LISTENERS: contextvars.ContextVar[tuple[Callable[[int, int], None], ...]] = contextvars.ContextVar(
+    "_STEP_LISTENERS", default=()
+)
 _MANIFEST = "manifest.json"
 _CONFIG_FILE = "train_config.json"
 #: TrainConfig fields that may change between a run and its resumption: ``output_dir`` (the run may be moved),
@@ -139,6 +144,21 @@ class TrainConfig:
         if missing:
             raise ValueError(f"train.{missing[0]} is required")
         return cls(**d)
+
+
+@contextlib.contextmanager
+def progress_listener(fn: Callable[[int, int], None]) -> Iterator[None]:
+    """Within the block, call ``fn(step, max_steps)`` after every optimizer step of the training runs of this thread
+    (the tqdm bar's numbers, for a progress display that is not a terminal, e.g. ``visionfm app``'s page).
+
+    Args:
+        fn: called with the step just finished (1-based) and the run's ``max_steps``; it should return quickly.
+    """
+    token = _STEP_LISTENERS.set((*_STEP_LISTENERS.get(), fn))
+    try:
+        yield
+    finally:
+        _STEP_LISTENERS.reset(token)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -478,6 +498,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
             bar.update(1)
+            for listener in _STEP_LISTENERS.get():
+                listener(self.state.step, cfg.max_steps)
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
                 dt = time.perf_counter() - t0
                 last = {
