@@ -333,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("--family", help="only this family (clip, dinov2, sam, dit)")
     m.set_defaults(func=cmd_models)
-    x = sub.add_parser("export", help="export a model's vision (and text) tower to ONNX graphs with a manifest")
+    x = sub.add_parser(
+        "export", help="export a model's vision (and text) tower, or SAM's encoder and prompt decoder, to ONNX"
+    )
     x.add_argument("model", help="alias, hub id, open_clip tag or local directory")
     x.add_argument("out", help="output directory")
     x.add_argument("--format", default="onnx", choices=["onnx"])
