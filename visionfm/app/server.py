@@ -351,73 +351,76 @@ class VisionApp:
         return list(TEMPLATES[kind]), float(SHOWCASE["cos_thresh"][kind])
 
     def _execute(self, job: Job) -> dict[str, Any]:
+        task = job.request["task"]
+        image = self.image(job.request["image"])
+        overlay, items = {"segment": self._segment, "ground": self._ground, "click": self._click}[task](job, image)
+        return {"task": task, "overlay": _data_url(overlay), "width": overlay.size[0], "height": overlay.size[1],
+                "items": items}  # fmt: skip
+
+    def _run_on(self) -> dict[str, Any]:
+        """How ``pipeline()`` runs the CLIP and the SAM: on onnxruntime, or on PyTorch on the configured device."""
+        return {"runtime": "onnx"} if self.config.runtime == "onnx" else {"device": self.config.device}
+
+    def _segment(self, job: Job, image: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
+        from ..pipelines.base import pipeline
+        from ..toyworld.demo import SHOWCASE
+
+        cfg, labels = self.config, job.request["labels"]
+        self._step(job, f"loading {cfg.clip}", 0.1)
+        clip = self._model(cfg.clip, job)
+        opts: dict[str, Any] = {}
+        call: dict[str, Any] = {"background": True}
+        if cfg.clip == TOY_CLIP:
+            templates, call["cos_thresh"] = self._toy_templates(labels)
+            mode = cfg.seg_mode or ("maskclip" if cfg.runtime == "onnx" else str(SHOWCASE["seg_mode"]))
+            opts = {**TOY_RESOLUTION, "mode": mode, "templates": templates}
+            if mode == "proxy":
+                opts["proxy"] = self._model(TOY_SSL, job)
+        elif cfg.seg_mode:
+            opts["mode"] = cfg.seg_mode
+        key = f"seg|{json.dumps(opts, sort_keys=True)}"
+        seg = self._pipeline(key, lambda: pipeline("zero-shot-seg", model=clip, **self._run_on(), **opts))
+        self._step(job, f"segmenting into {len(labels)} labels", 0.5)
+        r = seg(image, labels=labels, **call)
+        self._step(job, "drawing the overlay", 0.9)
+        return seg_overlay(image, r)
+
+    def _ground(self, job: Job, image: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
+        from ..pipelines.base import pipeline
+        from ..toyworld.demo import SHOWCASE
+
+        cfg, phrases = self.config, job.request["labels"]
+        name = cfg.grounding or cfg.clip
+        self._step(job, f"loading {name} and {cfg.sam}", 0.1)
+        model = self._model(name, job)
+        opts: dict[str, Any] = {}
+        call: dict[str, Any] = {}
+        if cfg.grounding is None and cfg.clip == TOY_CLIP:
+            templates, call["cos_thresh"] = self._toy_templates(phrases)
+            opts = {**TOY_RESOLUTION, "mode": str(SHOWCASE["grounding_mode"]), "templates": templates}
+        kw = dict(opts)
+        if "sam3" not in name.lower():  # SAM 3 draws its own masks; the other backends get SAM's for their boxes
+            kw["refine"] = self._model(cfg.sam, job)
+        # training-free grounding runs the CLIP on the chosen runtime; detectors run on PyTorch
+        run_on = self._run_on() if cfg.grounding is None else {"device": cfg.device}
+        key = f"ground|{name}|{json.dumps(opts, sort_keys=True)}"
+        gr = self._pipeline(key, lambda: pipeline("grounding", model=model, **run_on, **kw))
+        self._step(job, f"grounding {len(phrases)} phrases", 0.5)
+        r = gr(image, phrases=phrases, **call)
+        self._step(job, "drawing the overlay", 0.9)
+        return grounding_overlay(image, r)
+
+    def _click(self, job: Job, image: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
         from ..pipelines.base import pipeline
 
-        cfg, req = self.config, job.request
-        image = self.image(req["image"])
-        toy = cfg.clip == TOY_CLIP
-        common = {"runtime": cfg.runtime} if cfg.runtime == "onnx" else {"device": cfg.device}
-        if req["task"] == "segment":
-            labels = req["labels"]
-            self._step(job, f"loading {cfg.clip}", 0.1)
-            clip = self._model(cfg.clip, job)
-            opts: dict[str, Any] = {}
-            call: dict[str, Any] = {"background": True}
-            if toy:
-                templates, thresh = self._toy_templates(labels)
-                from ..toyworld.demo import SHOWCASE
-
-                mode = cfg.seg_mode or ("maskclip" if cfg.runtime == "onnx" else str(SHOWCASE["seg_mode"]))
-                opts = {**TOY_RESOLUTION, "mode": mode, "templates": templates}
-                if mode == "proxy":
-                    opts["proxy"] = self._model(TOY_SSL, job)
-                call["cos_thresh"] = thresh
-            elif cfg.seg_mode:
-                opts["mode"] = cfg.seg_mode
-            key = f"seg|{json.dumps(opts, sort_keys=True)}"
-            seg = self._pipeline(key, lambda: pipeline("zero-shot-seg", model=clip, **common, **opts))
-            self._step(job, f"segmenting into {len(labels)} labels", 0.5)
-            r = seg(image, labels=labels, **call)
-            self._step(job, "drawing the overlay", 0.9)
-            overlay, items = seg_overlay(image, r)
-            return {"task": "segment", "overlay": _data_url(overlay), "width": overlay.size[0],
-                    "height": overlay.size[1], "items": items}  # fmt: skip
-        if req["task"] == "ground":
-            phrases = req["labels"]
-            name = cfg.grounding or cfg.clip
-            self._step(job, f"loading {name} and {cfg.sam}", 0.1)
-            model = self._model(name, job)
-            sam3 = "sam3" in name.lower()
-            refine = None if sam3 else self._model(cfg.sam, job)
-            opts = {}
-            call = {}
-            if cfg.grounding is None and toy:
-                from ..toyworld.demo import SHOWCASE
-
-                templates, thresh = self._toy_templates(phrases)
-                opts = {**TOY_RESOLUTION, "mode": str(SHOWCASE["grounding_mode"]), "templates": templates}
-                call["cos_thresh"] = thresh
-            kw = {**opts, **({"refine": refine} if refine else {})}
-            # training-free grounding runs the CLIP on the chosen runtime; detectors run on PyTorch
-            run_on = common if cfg.grounding is None else {"device": cfg.device}
-            key = f"ground|{name}|{json.dumps(opts, sort_keys=True)}"
-            gr = self._pipeline(key, lambda: pipeline("grounding", model=model, **run_on, **kw))
-            self._step(job, f"grounding {len(phrases)} phrases", 0.5)
-            r = gr(image, phrases=phrases, **call)
-            self._step(job, "drawing the overlay", 0.9)
-            overlay, items = grounding_overlay(image, r)
-            return {"task": "ground", "overlay": _data_url(overlay), "width": overlay.size[0],
-                    "height": overlay.size[1], "items": items}  # fmt: skip
-        # click-to-segment
-        self._step(job, f"loading {cfg.sam}", 0.1)
-        sam = self._model(cfg.sam, job)
-        mg = self._pipeline("sam", lambda: pipeline("mask-generation", model=sam, **common))
-        pts = req["points"]
+        self._step(job, f"loading {self.config.sam}", 0.1)
+        sam = self._model(self.config.sam, job)
+        mg = self._pipeline("sam", lambda: pipeline("mask-generation", model=sam, **self._run_on()))
+        pts = job.request["points"]
         self._step(job, f"segmenting from {len(pts)} point{'s' * (len(pts) > 1)}", 0.5)
         r = mg(image, points=[[p[:2] for p in pts]], point_labels=[[int(p[2]) for p in pts]], multimask_output=True)
         self._step(job, "drawing the overlay", 0.9)
-        return {"task": "click", "overlay": _data_url(_draw_points(r.overlay(image), pts)), "width": int(image.shape[1]),
-                "height": int(image.shape[0]), "items": [{"score": round(float(r.scores[0]), 4), "points": pts}]}  # fmt: skip
+        return _draw_points(r.overlay(image), pts), [{"score": round(float(r.scores[0]), 4), "points": pts}]
 
 
 #: colours for labels that are not colour names (tab10)

@@ -187,14 +187,13 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def _export_prompt_decoder(enc: Any, x: torch.Tensor, out: Path, batch: Any, extra: list[str],
+def _export_prompt_decoder(enc: Any, tensors: tuple[torch.Tensor, ...], out: Path, batch: Any, extra: list[str],
                            opset: int | None) -> dict[str, Any]:  # fmt: skip
-    """Write the two prompt-decoder graphs of a SAM-style encoder; returns the manifest's ``sam`` entry."""
+    """Write the two prompt-decoder graphs of a SAM-style encoder, traced on its decoder inputs ``tensors`` (a batch
+    of sample images); returns the manifest's ``sam`` entry."""
     from .sam.prompting import prompt_tokens
 
-    with torch.no_grad():
-        tensors = enc.decoder_inputs(x)
-    B, side, s = x.shape[0], enc.info.image_size[0], enc.low_res_size
+    B, side, s = tensors[-1].shape[0], enc.info.image_size[0], enc.low_res_size
     points = torch.rand(B, 3, 2, 2) * side
     coords, labels = prompt_tokens(enc.prompt_variant, points, torch.ones(B, 3, 2, dtype=torch.long), None, (B, 3))
     args = (tensors[-1], *tensors[:-1], coords, labels, torch.zeros(B, 1, s, s), torch.zeros(1))
@@ -263,7 +262,8 @@ def export_onnx(
     promptable = callable(getattr(enc, "decode_tokens", None))
     with torch.no_grad():
         ref = enc(x)
-        extra = [f"high_res_{i}" for i in range(len(enc.decoder_inputs(x[:1])) - 1)] if promptable else []
+        tensors = enc.decoder_inputs(x) if promptable else ()  # the prompt decoder's sample inputs
+        extra = [f"high_res_{i}" for i in range(len(tensors) - 1)]
         try:
             _export(_PromptableVision(enc) if promptable else _Vision(enc), (x,), out / "vision.onnx",
                     ["pixel_values"], ["pooled", "patches", *extra], [{0: batch}], opset)  # fmt: skip
@@ -288,7 +288,7 @@ def export_onnx(
         "graphs": graphs,
     }
     if promptable:
-        manifest["sam"] = _export_prompt_decoder(enc, x, out, batch, extra, opset)
+        manifest["sam"] = _export_prompt_decoder(enc, tensors, out, batch, extra, opset)
         graphs["prompt_decoder"] = {"file": "prompt_decoder.onnx"}
         graphs["prompt_decoder_multimask"] = {"file": "prompt_decoder_multimask.onnx"}
     if text and info.has_text:

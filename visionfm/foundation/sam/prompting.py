@@ -234,6 +234,10 @@ class PromptableEncoder(Encoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`decode_masks` with one fixed signature: the same masks and scores for the same prompts.
 
+        The sparse embeddings come from :func:`embed_prompt_tokens` with :meth:`point_weights`, the dense one from the
+        mask embedding or the no-mask embedding, and both go through the model's mask decoder (with
+        :meth:`decoder_extra_inputs`), as ``SamModel`` / ``Sam2Model`` call it.
+
         Args:
             tensors: as in :meth:`decode_masks`.
             coords: ``[B, N, T, 2]`` and ``labels`` ``[B, N, T]``: the prompts as :func:`prompt_tokens` lists them.
@@ -245,7 +249,29 @@ class PromptableEncoder(Encoder):
         Returns:
             ``(low_res_logits [B, N, M, s, s], iou_scores [B, N, M])``, float32.
         """
+        emb = tensors[-1]
+        pe = self.model.prompt_encoder
+        sparse = embed_prompt_tokens(pe, self.point_weights(), coords.to(emb.dtype), labels)
+        has = has_mask_input.to(emb.dtype).reshape(1, 1, 1, 1)
+        dense = pe.mask_embed(mask_input.to(emb.dtype)) * has + pe.no_mask_embed.weight.reshape(1, -1, 1, 1) * (1 - has)
+        pos = self.model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
+        out = self.model.mask_decoder(
+            image_embeddings=emb,
+            image_positional_embeddings=pos,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            **self.decoder_extra_inputs(tensors),
+        )
+        return out[0].float(), out[1].float()
+
+    def point_weights(self) -> torch.Tensor:
+        """The prompt encoder's label embeddings ``[4, C]`` (negative, positive, box top-left, box bottom-right)."""
         raise NotImplementedError
+
+    def decoder_extra_inputs(self, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """Keyword arguments the mask decoder takes beside the image embedding (``tensors[-1]``): none by default."""
+        return {}
 
     def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         """Low-resolution mask logits ``[N, s, s]`` of one image to logits ``[N, H, W]`` at its original size, as the

@@ -22,7 +22,7 @@ from ..encoder import tap_blocks
 from ..features import EncoderInfo, Features
 from ..preprocess import PreprocessConfig
 from ..token_merging import TokenMergingSites
-from .prompting import AutoMaskDefaults, PromptableEncoder, embed_prompt_tokens
+from .prompting import AutoMaskDefaults, PromptableEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -161,32 +161,9 @@ class SamEncoder(PromptableEncoder):
         )
         return out.pred_masks.float(), out.iou_scores.float()
 
-    def decode_tokens(
-        self,
-        tensors: Sequence[torch.Tensor],
-        coords: torch.Tensor,
-        labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-        multimask: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``SamModel``'s prompt encoder and mask decoder on prompt tokens; see
-        :meth:`PromptableEncoder.decode_tokens`."""
-        (emb,) = tensors
-        pe = self.model.prompt_encoder
-        weights = torch.cat([e.weight for e in pe.point_embed])  # [4, C]
-        sparse = embed_prompt_tokens(pe, weights, coords.to(emb.dtype), labels)
-        has = has_mask_input.to(emb.dtype).reshape(1, 1, 1, 1)
-        dense = pe.mask_embed(mask_input.to(emb.dtype)) * has + pe.no_mask_embed.weight.reshape(1, -1, 1, 1) * (1 - has)
-        pos = self.model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
-        low, iou = self.model.mask_decoder(
-            image_embeddings=emb,
-            image_positional_embeddings=pos,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        return low.float(), iou.float()
+    def point_weights(self) -> torch.Tensor:
+        """``SamPromptEncoder``'s four label embeddings, stacked: ``[4, C]``."""
+        return torch.cat([e.weight for e in self.model.prompt_encoder.point_embed])
 
     def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         """Through the padded input frame, as ``SamImageProcessor.post_process_masks``: upsample to the input size,

@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from ..encoder import tap_blocks
 from ..features import EncoderInfo, Features
 from ..preprocess import PreprocessConfig
 from ..token_merging import TokenMergingSites
-from .prompting import AutoMaskDefaults, PromptableEncoder, embed_prompt_tokens
+from .prompting import AutoMaskDefaults, PromptableEncoder
 from .sam1 import SAM_MEAN, SAM_STD, square_size
 
 logger = logging.getLogger(__name__)
@@ -220,32 +221,13 @@ class Sam2Encoder(PromptableEncoder):
         )
         return out.pred_masks.float(), out.iou_scores.float()
 
-    def decode_tokens(
-        self,
-        tensors: Sequence[torch.Tensor],
-        coords: torch.Tensor,
-        labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-        multimask: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Sam2Model``'s (``EdgeTamModel``'s) prompt encoder and mask decoder on prompt tokens; see
-        :meth:`PromptableEncoder.decode_tokens`."""
-        emb = tensors[-1]
-        pe = self.model.prompt_encoder
-        sparse = embed_prompt_tokens(pe, pe.point_embed.weight, coords.to(emb.dtype), labels)
-        has = has_mask_input.to(emb.dtype).reshape(1, 1, 1, 1)
-        dense = pe.mask_embed(mask_input.to(emb.dtype)) * has + pe.no_mask_embed.weight.reshape(1, -1, 1, 1) * (1 - has)
-        pos = self.model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
-        low, iou = self.model.mask_decoder(
-            image_embeddings=emb,
-            image_positional_embeddings=pos,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            high_resolution_features=list(tensors[:-1]),
-        )[:2]
-        return low.float(), iou.float()
+    def point_weights(self) -> torch.Tensor:
+        """``Sam2PromptEncoder``'s label embeddings: ``[4, C]``."""
+        return self.model.prompt_encoder.point_embed.weight
+
+    def decoder_extra_inputs(self, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """The two finer feature maps (``tensors[:-1]``), which SAM 2's mask decoder upsamples with."""
+        return {"high_resolution_features": list(tensors[:-1])}
 
     def upscale_masks(self, low: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]) -> torch.Tensor:
         """Straight to the original ``(H, W)``, as ``Sam2ImageProcessor.post_process_masks``: ``[N, s, s]`` ->
