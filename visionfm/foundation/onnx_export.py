@@ -73,8 +73,9 @@ class _PromptableVision(nn.Module):
         return (patches.mean(dim=(1, 2)), patches, *tensors[:-1])
 
 
-def _per_prompt(image: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor,
-                mask_input: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def _per_prompt(
+    image: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:
     """``B`` images with ``N`` prompts each as ``B * N`` images with one prompt each.
 
     The decoders repeat each image's tensors for its prompts with ``repeat_interleave``, which the exporter turns into
@@ -99,12 +100,24 @@ class _PromptDecoder(nn.Module):
         self.encoder = encoder
         self.multimask = multimask
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode((image_embeddings,), point_coords, point_labels, mask_input, has_mask_input)
 
-    def _decode(self, image: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _decode(
+        self,
+        image: tuple[torch.Tensor, ...],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, N = coords.shape[:2]
         low, iou = self.encoder.decode_tokens(*_per_prompt(image, coords, labels, mask_input), has_mask_input,
                                               self.multimask)  # fmt: skip
@@ -114,9 +127,16 @@ class _PromptDecoder(nn.Module):
 class _PromptDecoderFPN(_PromptDecoder):
     """SAM 2 / EdgeTAM: the image embedding, then the two finer feature maps, then the prompts."""
 
-    def forward(self, image_embeddings: torch.Tensor, high_res_0: torch.Tensor, high_res_1: torch.Tensor,  # type: ignore[override]
-                point_coords: torch.Tensor, point_labels: torch.Tensor, mask_input: torch.Tensor,
-                has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        high_res_0: torch.Tensor,
+        high_res_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(
             (high_res_0, high_res_1, image_embeddings), point_coords, point_labels, mask_input, has_mask_input
         )

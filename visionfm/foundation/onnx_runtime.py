@@ -226,8 +226,12 @@ class OnnxPromptableEncoder(OnnxEncoder, PromptableEncoder):
 
         image = (tensors[-1], *tensors[:-1])  # the graph takes the image embedding first
         feeds = {name: arr(t, np.float32) for name, t in zip(self._image_inputs, image, strict=True)}
-        feeds.update(point_coords=arr(coords, np.float32), point_labels=arr(labels, np.int64),
-                     mask_input=arr(mask_input, np.float32), has_mask_input=arr(has_mask_input, np.float32))  # fmt: skip
+        feeds.update(
+            point_coords=arr(coords, np.float32),
+            point_labels=arr(labels, np.int64),
+            mask_input=arr(mask_input, np.float32),
+            has_mask_input=arr(has_mask_input, np.float32),
+        )
         low, iou = self._decoders[multimask].run(["low_res_masks", "iou_scores"], feeds)
         return torch.from_numpy(low), torch.from_numpy(iou)
 

@@ -59,7 +59,8 @@ def pipeline(
         runtime: ``"torch"`` (default) or ``"onnx"``: run the model's ONNX export on onnxruntime (CPU).
             ``model`` is then an export directory (``visionfm export``), or a name, which is exported once into
             ``$VISIONFM_CACHE/onnx/`` first. Zero-shot classification, zero-shot-seg (the dense modes but
-            ``proxy``) and mask generation (SAM, SAM 2, EdgeTAM) run on exports; see docs/foundation.md → "ONNX export".
+            ``proxy``) and mask generation (SAM, SAM 2, EdgeTAM) run on exports; see docs/foundation.md →
+            "ONNX export".
         **kwargs: task options (e.g. ``templates=`` for zero-shot classification) and ``load_encoder`` options.
 
     Returns:
@@ -80,8 +81,8 @@ def pipeline(
 
 
 def _onnx_encoder(model: Any) -> Encoder:
-    """An :class:`~visionfm.foundation.onnx_runtime.OnnxEncoder` (or ``OnnxPromptableEncoder``) for an export directory or a model name (exported
-    once into the cache)."""
+    """An :class:`~visionfm.foundation.onnx_runtime.OnnxEncoder` (or ``OnnxPromptableEncoder``) for an export
+    directory or a model name (exported once into the cache)."""
     import hashlib
     import os
     from pathlib import Path
